@@ -1,0 +1,27 @@
+# `make test` and `make demo` are the two commands of README.md.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo bench lectures clean
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/python -m minipeft.demo
+
+bench: $(STAMP)
+	$(BIN)/python -m minipeft.bench --config tiny --method full
+	$(BIN)/python -m minipeft.bench --config small --method full
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

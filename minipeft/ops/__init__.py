@@ -1,0 +1,15 @@
+"""Differentiable ops, by family. Import them from here: `from minipeft import ops; ops.gelu(x)`.
+
+basic.py        arithmetic with broadcasting, matmul, reductions, reshape/permute, indexing, concat/split
+activations.py  exp, log, tanh, sigmoid, relu, GELU (tanh), softmax, log-softmax
+fused.py        linear, layer norm, softmax cross-entropy, embedding, dropout, masked fill, attention
+"""
+from .basic import (add, sub, mul, div, neg, pow, matmul, sum, mean, max, reshape, permute,
+                    transpose, getitem, concat, stack, split, unbroadcast)
+from .activations import exp, log, tanh, sigmoid, relu, gelu, softmax, log_softmax
+from .fused import (linear, layer_norm, cross_entropy, embedding, dropout, masked_fill, attention)
+
+__all__ = ["add", "sub", "mul", "div", "neg", "pow", "matmul", "sum", "mean", "max", "reshape",
+           "permute", "transpose", "getitem", "concat", "stack", "split", "unbroadcast", "exp", "log",
+           "tanh", "sigmoid", "relu", "gelu", "softmax", "log_softmax", "linear", "layer_norm",
+           "cross_entropy", "embedding", "dropout", "masked_fill", "attention"]

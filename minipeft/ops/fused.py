@@ -1,0 +1,308 @@
+"""Fused ops of the transformer: linear, layer norm, softmax cross-entropy, embedding lookup,
+dropout, masked fill and scaled-dot-product attention (with prepended key/value rows).
+
+Fused means one Function with its backward written out, instead of a graph of small ops:
+fewer temporaries, and numerically stable. Each backward computes only what
+`ctx.needs_input_grad` asks for: a frozen weight costs no weight-gradient matmul.
+"""
+from __future__ import annotations
+
+import math
+
+from .. import backend
+from ..autograd import Function, Tensor
+
+
+# ----------------------------------------------------------------------------- linear
+
+class Linear(Function):
+    """y = x W^T + b.   x: (..., in), W: (out, in) as in PyTorch, b: (out,) or None -> y: (..., out)."""
+
+    @staticmethod
+    def forward(ctx, x, w, b=None):
+        x2 = x.reshape(-1, x.shape[-1])                     # (N, in)
+        y = backend.matmul(x2, w.T)                         # (N, out)
+        if b is not None:
+            y += b
+        ctx.save_for_backward(x2, w, x.shape)
+        return y.reshape(x.shape[:-1] + (w.shape[0],))
+
+    @staticmethod
+    def backward(ctx, g):
+        x2, w, xshape = ctx.saved
+        need_x, need_w, need_b = (tuple(ctx.needs_input_grad) + (False,))[:3]
+        g2 = g.reshape(-1, g.shape[-1])                     # (N, out)
+        # dL/dx = G W          (N, out) @ (out, in)
+        gx = backend.matmul(g2, w).reshape(xshape) if need_x else None
+        # dL/dW = G^T x        (out, N) @ (N, in): skipped for a frozen weight
+        gw = backend.matmul(g2.T, x2) if need_w else None
+        # dL/db = sum_n G_n
+        gb = g2.sum(axis=0) if need_b else None
+        return gx, gw, gb
+
+
+def linear(x, w, b=None):
+    return Linear.apply(x, w, b) if b is not None else Linear.apply(x, w)
+
+
+# ----------------------------------------------------------------------------- layer norm
+
+class LayerNorm(Function):
+    """y = (x - mu) / sqrt(var + eps) * w + b over the last axis.  x: (..., d), w, b: (d,)."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, eps=1e-5):
+        xp = backend.xp
+        mu = x.mean(axis=-1, keepdims=True)
+        xc = x - mu
+        var = (xc * xc).mean(axis=-1, keepdims=True)
+        rstd = 1.0 / xp.sqrt(var + eps)                     # 1/sigma, (..., 1)
+        xhat = xc
+        xhat *= rstd                                        # (x - mu)/sigma, in place
+        y = xhat * w
+        y += b
+        ctx.save_for_backward(xhat, rstd, w)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        xhat, rstd, w = ctx.saved
+        need_x, need_w, need_b = ctx.needs_input_grad
+        lead = tuple(range(g.ndim - 1))
+        gw = (g * xhat).sum(axis=lead) if need_w else None  # dL/dw = sum g * xhat
+        gb = g.sum(axis=lead) if need_b else None           # dL/db = sum g
+        gx = None
+        if need_x:
+            # dL/dx = (1/sigma) (gh - mean(gh) - xhat * mean(gh * xhat)),   gh = g * w
+            gh = g * w
+            gx = gh - gh.mean(axis=-1, keepdims=True)
+            gh *= xhat
+            gx -= xhat * gh.mean(axis=-1, keepdims=True)
+            gx *= rstd
+        return gx, gw, gb
+
+
+def layer_norm(x, w, b, eps=1e-5):
+    return LayerNorm.apply(x, w, b, eps=eps)
+
+
+# ----------------------------------------------------------------------------- softmax cross-entropy
+
+class CrossEntropy(Function):
+    """Mean over non-ignored rows of -log softmax(logits)[target].
+
+    logits: (N, C) float; targets: (N,) integers, rows with target == ignore_index do not count.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets, ignore_index=-100):
+        xp = backend.xp
+        if logits.ndim != 2 or targets.shape != logits.shape[:1]:
+            raise ValueError(f"cross_entropy expects logits (N, C) and targets (N,), got "
+                             f"{logits.shape} and {targets.shape}; reshape with .reshape(-1, C)")
+        keep = targets != ignore_index                       # (N,)
+        n = int(keep.sum())
+        safe_t = xp.where(keep, targets, 0)
+        rows = xp.arange(logits.shape[0])
+        # -log softmax(x)[t] = log sum_j e^(z_j) - z_t,  z = x - max(x)   (stable)
+        p = logits - logits.max(axis=1, keepdims=True)
+        z_t = p[rows, safe_t]
+        xp.exp(p, out=p)
+        s = p.sum(axis=1, keepdims=True)
+        loss = ((xp.log(s[:, 0]) - z_t) * keep).sum() / max(n, 1)
+        p /= s                                               # p = softmax(x), kept for backward
+        ctx.save_for_backward(p, safe_t, keep, n)
+        return xp.asarray(loss, dtype=logits.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        p, t, keep, n = ctx.saved
+        xp = backend.xp
+        # dL/dlogits_i = (softmax_i - onehot(t_i)) / n for kept rows, 0 for ignored rows
+        grad = p                                            # reuse the saved buffer (backward runs once)
+        grad[xp.arange(grad.shape[0]), t] -= 1
+        grad *= (keep * (g / max(n, 1))).astype(grad.dtype)[:, None]
+        ctx.saved = None
+        return grad, None
+
+
+def cross_entropy(logits, targets, ignore_index=-100):
+    """logits: Tensor (N, C) or (B, T, C); targets: int array / Tensor of the leading shape."""
+    if isinstance(targets, Tensor):
+        targets = targets.data
+    targets = backend.to_device(targets)
+    if logits.ndim > 2:
+        c = logits.shape[-1]
+        logits = logits.reshape(-1, c)
+        targets = targets.reshape(-1)
+    return CrossEntropy.apply(logits, targets, ignore_index=ignore_index)
+
+
+# ----------------------------------------------------------------------------- embedding lookup
+
+class Embedding(Function):
+    """out[..., :] = W[ids[...], :].   ids: integer array (...), W: (V, d) -> (..., d)."""
+
+    @staticmethod
+    def forward(ctx, ids, w):
+        ctx.save_for_backward(ids, w.shape, w.dtype)
+        return w[ids]
+
+    @staticmethod
+    def backward(ctx, g):
+        ids, shape, dtype = ctx.saved
+        # dL/dW[v] = sum of g at every position whose id is v (scatter-add: ids repeat)
+        gw = backend.xp.zeros(shape, dtype=dtype)
+        backend.scatter_add(gw, ids.reshape(-1), g.reshape(-1, shape[1]))
+        return None, gw
+
+
+def embedding(ids, w):
+    if isinstance(ids, Tensor):
+        ids = ids.data
+    return Embedding.apply(ids, w)
+
+
+# ----------------------------------------------------------------------------- dropout, masked fill
+
+class Dropout(Function):
+    @staticmethod
+    def forward(ctx, x, p):
+        # keep each entry with probability 1-p and scale by 1/(1-p), so E[out] = x
+        mask = backend.rng.device_uniform(x.shape, dtype=x.dtype) >= p
+        scale = (mask * (1.0 / (1.0 - p))).astype(x.dtype)
+        ctx.save_for_backward(scale)
+        return x * scale
+
+    @staticmethod
+    def backward(ctx, g):
+        (scale,) = ctx.saved
+        # d(x * m / (1-p))/dx = m / (1-p)
+        return g * scale, None
+
+
+def dropout(x, p: float, training: bool = True):
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    if not training or p == 0.0:
+        return x
+    return Dropout.apply(x, p)
+
+
+class MaskedFill(Function):
+    @staticmethod
+    def forward(ctx, x, mask, value):
+        ctx.save_for_backward(mask)
+        return backend.xp.where(mask, x.dtype.type(value), x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (mask,) = ctx.saved
+        # filled positions are constants: their gradient is 0
+        return backend.xp.where(mask, 0, g).astype(g.dtype), None, None
+
+
+def masked_fill(x, mask, value):
+    """Where mask (broadcastable bool) is True, the output is `value`; elsewhere x."""
+    if isinstance(mask, Tensor):
+        mask = mask.data
+    return MaskedFill.apply(x, mask, value)
+
+
+# ----------------------------------------------------------------------------- attention
+
+_NEG = -1e9  # a finite "minus infinity": a row with every key masked gives uniform weights, not NaN
+
+
+class Attention(Function):
+    """Scaled dot-product attention over P prepended key/value rows and T_k ordinary ones.
+
+        K' = [K_prefix ; K],  V' = [V_prefix ; V]             (B, H, P + Tk, D)
+        S  = Q K'^T / sqrt(D) + mask                           (B, H, Tq, P + Tk)
+        A  = softmax(S),  out = A V'                           (B, H, Tq, D)
+
+    q: (B, H, Tq, D); k, v: (B, H, Tk, D); k_prefix, v_prefix: (B or 1, H, P, D) or None.
+    causal: query i (at absolute position Tk - Tq + i) sees ordinary keys j <= Tk - Tq + i;
+            aligned to the end, so it also works with a key/value cache (Tq < Tk).
+    key_mask: (B, Tk) bool/0-1, False/0 = padding key (never attended). Prefix rows are always
+            visible: they are the learned "virtual tokens" of prefix tuning.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, k_prefix=None, v_prefix=None, causal=True, key_mask=None):
+        xp = backend.xp
+        B, H, Tq, D = q.shape
+        Tk = k.shape[2]
+        P = 0 if k_prefix is None else k_prefix.shape[2]
+        if P:
+            kp = xp.broadcast_to(k_prefix, (B, H, P, D))
+            vp = xp.broadcast_to(v_prefix, (B, H, P, D))
+            k = xp.concatenate([kp, k], axis=2)
+            v = xp.concatenate([vp, v], axis=2)
+        scale = 1.0 / math.sqrt(D)
+        s = backend.matmul(q, k.swapaxes(-1, -2))              # (B, H, Tq, P+Tk)
+        s *= scale
+        mask = None                                              # True = blocked
+        if causal:
+            i = xp.arange(Tq)[:, None] + (Tk - Tq)
+            j = xp.arange(Tk)[None, :]
+            mask = (j > i)[None, None]                           # (1, 1, Tq, Tk)
+        if key_mask is not None:
+            pad = ~key_mask.astype(bool)[:, None, None, :]       # (B, 1, 1, Tk)
+            mask = pad if mask is None else (mask | pad)
+        if mask is not None:
+            if P:
+                mask = xp.concatenate([xp.zeros(mask.shape[:3] + (P,), dtype=bool),
+                                       xp.broadcast_to(mask, mask.shape[:3] + (Tk,))], axis=-1)
+            s[...] = xp.where(mask, s.dtype.type(_NEG), s)
+        # A = softmax(S) along the keys, in place
+        s -= s.max(axis=-1, keepdims=True)
+        xp.exp(s, out=s)
+        s /= s.sum(axis=-1, keepdims=True)
+        out = backend.matmul(s, v)                               # (B, H, Tq, D)
+        ctx.save_for_backward(q, k, v, s, scale, P,
+                              None if k_prefix is None else k_prefix.shape)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        q, k, v, a, scale, P, pshape = ctx.saved
+        need = tuple(ctx.needs_input_grad) + (False,) * (5 - len(ctx.needs_input_grad))
+        need_q, need_k, need_v, need_kp, need_vp = need[:5]
+        gq = gk = gv = gkp = gvp = None
+        if need_v or need_vp:
+            # dL/dV' = A^T G
+            gv_all = backend.matmul(a.swapaxes(-1, -2), g)       # (B, H, P+Tk, D)
+            gv = gv_all[:, :, P:] if need_v else None
+            gvp = gv_all[:, :, :P] if need_vp else None
+        if need_q or need_k or need_kp:
+            # dL/dA = G V'^T;  dL/dS = A * (dL/dA - sum_j A_j dL/dA_j)  (softmax backward)
+            ga = backend.matmul(g, v.swapaxes(-1, -2))           # (B, H, Tq, P+Tk)
+            gs = ga
+            gs -= (ga * a).sum(axis=-1, keepdims=True)
+            gs *= a
+            gs *= scale                                          # through S = Q K'^T * scale
+            if need_q:
+                gq = backend.matmul(gs, k)                        # dL/dQ = dL/dS K'
+            if need_k or need_kp:
+                gk_all = backend.matmul(gs.swapaxes(-1, -2), q)   # dL/dK' = dL/dS^T Q
+                gk = gk_all[:, :, P:] if need_k else None
+                gkp = gk_all[:, :, :P] if need_kp else None
+        # a prefix shared by the whole batch (leading dim 1) sums its gradient over the batch
+        if gkp is not None and pshape[0] == 1:
+            gkp = gkp.sum(axis=0, keepdims=True)
+        if gvp is not None and pshape[0] == 1:
+            gvp = gvp.sum(axis=0, keepdims=True)
+        return gq, gk, gv, gkp, gvp
+
+
+def attention(q, k, v, k_prefix=None, v_prefix=None, causal=True, key_mask=None):
+    if isinstance(key_mask, Tensor):
+        key_mask = key_mask.data
+    if key_mask is not None:
+        key_mask = backend.to_device(key_mask)
+    if (k_prefix is None) != (v_prefix is None):
+        raise ValueError("attention: give both k_prefix and v_prefix, or neither")
+    if k_prefix is None:
+        return Attention.apply(q, k, v, causal=causal, key_mask=key_mask)
+    return Attention.apply(q, k, v, k_prefix, v_prefix, causal=causal, key_mask=key_mask)
