@@ -95,10 +95,10 @@ class Batch:
     padding;  lengths: (B,) real tokens per row;  token_type_ids: (B, T) segment 0/1 for pairs
     (None for single texts).
     """
-    ids: object
-    attention_mask: object
-    lengths: object
-    token_type_ids: object = None
+    ids: np.ndarray
+    attention_mask: np.ndarray
+    lengths: np.ndarray
+    token_type_ids: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.lengths)
