@@ -1,0 +1,267 @@
+"""One Transformer class, two layouts.
+
+arch="gpt2": causal decoder, GPT-2 layout (Radford et al. 2019)
+    x = wte[ids] + wpe[pos]
+    per block:  x = x + attn(ln_1(x));  x = x + mlp(ln_2(x))          (pre-LN)
+    h = ln_f(x);  logits = h wte^T                                      (tied LM head)
+
+arch="bert": bidirectional encoder, BERT layout (Devlin et al. 2019)
+    x = ln_emb(wte[ids] + wpe[pos] + wtt[types])
+    per block:  x = ln_1(x + attn(x));  x = ln_2(x + mlp(x))          (post-LN)
+    MLM head: logits = ln_mlm(gelu(mlm_dense(h))) wte^T + mlm_bias;  pooled = tanh(pooler(h[:, 0]))
+
+Attention has separate q, k, v, o projections with biases (so LoRA can target "q" and "v"), and
+accepts per-layer prefix key/value rows (prefix tuning) and a key/value cache (generation).
+Module names (wte, wpe, h.{i}.ln_1, h.{i}.attn.q, h.{i}.mlp.fc, ...) follow GPT-2's so that a
+GPT-2 or BERT checkpoint can be mapped onto them name by name.
+
+Shapes: B batch, T tokens, d = d_model, H heads, D = d/H head size, V vocabulary, P prefix length.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, asdict, field
+
+from .. import backend, ops
+from ..autograd import Tensor
+from .layers import Dropout, Embedding, LayerNorm, Linear
+from .module import Module, ModuleList, Parameter
+
+
+@dataclass
+class TransformerConfig:
+    arch: str = "gpt2"          # "gpt2" (causal decoder) or "bert" (bidirectional encoder)
+    vocab_size: int = 2048
+    n_ctx: int = 128            # maximum sequence length (learned positions)
+    d_model: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    d_ff: int = 0               # MLP width; 0 means 4 * d_model
+    n_types: int = 2            # token types (bert only)
+    n_labels: int = 0           # > 0 adds a classification head `cls_head`
+    dropout: float = 0.0        # on embeddings and on each residual branch
+    ln_eps: float = 1e-5
+    tie_embeddings: bool = True
+    pad_id: int = 0
+    extra: dict = field(default_factory=dict)  # free-form notes (e.g. tokenizer path), kept in config.json
+
+    def __post_init__(self):
+        if self.arch not in ("gpt2", "bert"):
+            raise ValueError(f"TransformerConfig.arch must be 'gpt2' or 'bert', got {self.arch!r}")
+        for k in ("vocab_size", "n_ctx", "d_model", "n_layer", "n_head"):
+            if getattr(self, k) <= 0:
+                raise ValueError(f"TransformerConfig.{k} must be positive, got {getattr(self, k)}")
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
+        if self.d_ff == 0:
+            self.d_ff = 4 * self.d_model
+
+    @property
+    def causal(self) -> bool:
+        return self.arch == "gpt2"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TransformerConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown TransformerConfig fields {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+
+class SelfAttention(Module):
+    def __init__(self, cfg: TransformerConfig):
+        d = cfg.d_model
+        self.n_head, self.causal = cfg.n_head, cfg.causal
+        self.q, self.k, self.v, self.o = Linear(d, d), Linear(d, d), Linear(d, d), Linear(d, d)
+
+    def forward(self, x, key_mask=None, prefix=None, cache=None):
+        """x: (B, T, d). key_mask: (B, T_past + T) 1 = real token. prefix: (k_p, v_p) Tensors
+        (B or 1, H, P, D). cache: dict with "k", "v" arrays (B, H, T_past, D), updated in place."""
+        B, T, d = x.shape
+        H = self.n_head
+        D = d // H
+
+        def heads(t):  # (B, T, d) -> (B, H, T, D)
+            return t.reshape(B, T, H, D).permute(0, 2, 1, 3)
+
+        q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
+        if cache is not None:  # generation: keys/values of earlier tokens come from the cache
+            if "k" in cache:
+                k = Tensor(backend.xp.concatenate([cache["k"], k.data], axis=2))
+                v = Tensor(backend.xp.concatenate([cache["v"], v.data], axis=2))
+            cache["k"], cache["v"] = k.data, v.data
+        kp, vp = prefix if prefix is not None else (None, None)
+        y = ops.attention(q, k, v, kp, vp, causal=self.causal, key_mask=key_mask)  # (B, H, T, D)
+        y = y.permute(0, 2, 1, 3).reshape(B, T, d)                                  # (B, T, d)
+        return self.o(y)
+
+
+class MLP(Module):
+    """fc: d -> d_ff, GELU (tanh), proj: d_ff -> d."""
+
+    def __init__(self, cfg: TransformerConfig):
+        self.fc = Linear(cfg.d_model, cfg.d_ff)
+        self.proj = Linear(cfg.d_ff, cfg.d_model)
+
+    def forward(self, x):
+        return self.proj(ops.gelu(self.fc(x)))
+
+
+class Block(Module):
+    def __init__(self, cfg: TransformerConfig):
+        self.pre_ln = cfg.arch == "gpt2"
+        self.ln_1 = LayerNorm(cfg.d_model, cfg.ln_eps)
+        self.attn = SelfAttention(cfg)
+        self.ln_2 = LayerNorm(cfg.d_model, cfg.ln_eps)
+        self.mlp = MLP(cfg)
+        self.drop = Dropout(cfg.dropout)
+
+    def forward(self, x, key_mask=None, prefix=None, cache=None):
+        if self.pre_ln:   # GPT-2: x + f(LN(x))
+            x = x + self.drop(self.attn(self.ln_1(x), key_mask, prefix, cache))
+            x = x + self.drop(self.mlp(self.ln_2(x)))
+        else:             # BERT: LN(x + f(x))
+            x = self.ln_1(x + self.drop(self.attn(x, key_mask, prefix, cache)))
+            x = self.ln_2(x + self.drop(self.mlp(x)))
+        return x
+
+
+class Transformer(Module):
+    def __init__(self, cfg: TransformerConfig):
+        self.config = cfg
+        self.wte = Embedding(cfg.vocab_size, cfg.d_model)
+        self.wpe = Embedding(cfg.n_ctx, cfg.d_model)
+        if cfg.arch == "bert":
+            self.wtt = Embedding(cfg.n_types, cfg.d_model)
+            self.ln_emb = LayerNorm(cfg.d_model, cfg.ln_eps)
+        self.drop = Dropout(cfg.dropout)
+        self.h = ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        if cfg.arch == "gpt2":
+            self.ln_f = LayerNorm(cfg.d_model, cfg.ln_eps)
+        else:
+            self.mlm_dense = Linear(cfg.d_model, cfg.d_model)
+            self.mlm_ln = LayerNorm(cfg.d_model, cfg.ln_eps)
+            self.mlm_bias = Parameter(backend.xp.zeros(cfg.vocab_size, dtype=backend.default_dtype()))
+            self.pooler = Linear(cfg.d_model, cfg.d_model)
+        if not cfg.tie_embeddings:
+            self.lm_head = Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.n_labels:
+            self.cls_head = Linear(cfg.d_model, cfg.n_labels)
+
+    # ------------------------------------------------------------------ inputs
+    def _check_ids(self, ids, name="ids"):
+        """Validate token ids on the host (CuPy wraps out-of-range indices silently) and move them."""
+        hostnp = backend.host()
+        if isinstance(ids, Tensor):
+            ids = ids.data
+        if isinstance(ids, (list, tuple)) or isinstance(ids, hostnp.ndarray):
+            ids = hostnp.asarray(ids)
+            if ids.dtype.kind not in "iu":
+                raise TypeError(f"{name} must be integers, got dtype {ids.dtype}")
+            if ids.ndim != 2:
+                raise ValueError(f"{name} must have shape (batch, tokens), got {ids.shape}")
+            if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+                bad = int(ids[(ids < 0) | (ids >= self.config.vocab_size)][0])
+                raise ValueError(f"{name} contains {bad}, outside [0, {self.config.vocab_size}); "
+                                 f"the tokenizer and model vocabularies do not match")
+        return backend.to_device(ids)
+
+    def embed(self, ids, token_type_ids=None, pos_offset: int = 0, prompt=None):
+        """Token (+ position, + type) embeddings: (B, T) ids -> (B, T', d).
+
+        prompt: optional Tensor (B or 1, P, d) of soft-prompt vectors prepended to the token
+        embeddings (prompt tuning); positions then count the prompt tokens too (T' = P + T).
+        """
+        ids = self._check_ids(ids)
+        B, T = ids.shape
+        x = self.wte(ids)                                                   # (B, T, d)
+        if prompt is not None:
+            if prompt.shape[0] == 1 and B > 1:  # one prompt shared by the batch: repeat it B times
+                prompt = prompt[backend.xp.zeros(B, dtype=backend.int64)]          # (B, P, d)
+            x = ops.concat([prompt, x], axis=1)                              # (B, P + T, d)
+        Tt = x.shape[1]
+        if pos_offset + Tt > self.config.n_ctx:
+            raise ValueError(f"sequence of {pos_offset + Tt} tokens is longer than the model's "
+                             f"context n_ctx={self.config.n_ctx}; truncate the input")
+        x = x + self.wpe.weight[pos_offset:pos_offset + Tt]                  # (T', d) broadcast over B
+        if self.config.arch == "bert":
+            types = backend.xp.zeros((B, T), dtype=ids.dtype) if token_type_ids is None \
+                else self._check_ids(token_type_ids, "token_type_ids")
+            if prompt is not None:  # soft prompt tokens get type 0
+                types = backend.xp.concatenate([backend.xp.zeros((B, Tt - T), dtype=types.dtype), types], axis=1)
+            x = self.ln_emb(x + self.wtt(types))
+        return self.drop(x)
+
+    # ------------------------------------------------------------------ body
+    def encode(self, ids, attention_mask=None, token_type_ids=None, prefix=None, cache=None, prompt=None):
+        """The transformer body: (B, T) ids -> hidden states (B, T', d) (after ln_f for gpt2).
+
+        attention_mask: (B, T) 1 for real tokens, 0 for padding (with a cache: (B, T_past + T)).
+        prefix: list of n_layer (k_p, v_p) pairs, each (B or 1, H, P, D) (prefix tuning).
+        cache:  list of n_layer dicts, filled and extended in place (incremental decoding).
+        prompt: (B or 1, P, d) soft prompt prepended to the embeddings (prompt tuning).
+        """
+        past = 0
+        if cache is not None and "k" in cache[0]:
+            past = cache[0]["k"].shape[2]
+        x = self.embed(ids, token_type_ids, pos_offset=past, prompt=prompt)
+        key_mask = None
+        if attention_mask is not None:
+            if isinstance(attention_mask, Tensor):
+                attention_mask = attention_mask.data
+            key_mask = backend.to_device(attention_mask)
+            if prompt is not None:  # prompt tokens are always visible
+                B, P = x.shape[0], prompt.shape[1]
+                key_mask = backend.xp.concatenate([backend.xp.ones((B, P), dtype=key_mask.dtype), key_mask], axis=1)
+        for i, block in enumerate(self.h):
+            x = block(x, key_mask,
+                      prefix[i] if prefix is not None else None,
+                      cache[i] if cache is not None else None)
+        if self.config.arch == "gpt2":
+            x = self.ln_f(x)
+        return x
+
+    # ------------------------------------------------------------------ heads
+    def lm_logits(self, h):
+        """(B, T, d) -> (B, T, V). gpt2: tied output embedding; bert: the MLM head."""
+        w = self.lm_head.weight if not self.config.tie_embeddings else self.wte.weight
+        if self.config.arch == "bert":
+            h = self.mlm_ln(ops.gelu(self.mlm_dense(h)))
+            return ops.linear(h, w, self.mlm_bias)
+        return ops.linear(h, w)
+
+    def pooled(self, h, attention_mask=None):
+        """One vector per sequence: bert tanh(pooler(h[:, 0])) ([CLS]); gpt2 the last real token."""
+        if self.config.arch == "bert":
+            return ops.tanh(self.pooler(h[:, 0]))
+        B, T = h.shape[0], h.shape[1]
+        if attention_mask is None:
+            return h[:, T - 1]
+        mask = backend.to_device(attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask)
+        last = mask.sum(axis=1).astype(backend.int64) - 1 + (T - mask.shape[1])  # (B,) index of last real token
+        return h[backend.xp.arange(B), last]
+
+    def classify(self, ids, attention_mask=None, token_type_ids=None, **kw):
+        """(B, T) ids -> (B, n_labels) logits of the classification head."""
+        if not self.config.n_labels:
+            raise ValueError("this model has no classification head: build it with n_labels > 0")
+        h = self.encode(ids, attention_mask, token_type_ids, **kw)
+        return self.cls_head(self.pooled(h, attention_mask))
+
+    def forward(self, ids, targets=None, attention_mask=None, token_type_ids=None, **kw):
+        """(B, T) ids -> logits (B, T', V); with targets (B, T') also the mean cross-entropy
+        (positions whose target is -100 are ignored). Returns (logits, loss or None)."""
+        logits = self.lm_logits(self.encode(ids, attention_mask, token_type_ids, **kw))
+        loss = None
+        if targets is not None:
+            if isinstance(targets, Tensor):
+                targets = targets.data
+            loss = ops.cross_entropy(logits, backend.to_device(targets))
+        return logits, loss
+
+    def new_cache(self) -> list:
+        """An empty key/value cache, one dict per layer (see SelfAttention.forward)."""
+        return [dict() for _ in range(self.config.n_layer)]
