@@ -206,6 +206,8 @@ def scatter_add(target, indices, values):
         import cupyx  # part of the cupy package
         cupyx.scatter_add(target, indices, values)
         return target
+    if indices.size == 0:  # nothing to add (reduceat below cannot take an empty input)
+        return target
     # sort the ids once, then sum each run of equal ids with one reduceat (faster than np.add.at)
     order = numpy.argsort(indices, kind="stable")
     sorted_ids = indices[order]
