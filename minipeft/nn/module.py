@@ -171,3 +171,40 @@ class ModuleList(Module):
 
     def append(self, m: Module) -> None:
         setattr(self, str(len(self)), m)
+
+
+class ModuleDict(Module):
+    """Modules by name (adapter names: "default", "sst2", ...), named by key in dotted paths."""
+
+    def __init__(self, modules: dict | None = None):
+        for k, m in (modules or {}).items():
+            self[k] = m
+
+    def __setitem__(self, key: str, m: Module):
+        if not isinstance(m, Module):
+            raise TypeError(f"ModuleDict values must be Modules, got {type(m).__name__}")
+        if not key.isidentifier():
+            raise ValueError(f"name {key!r} must be a Python identifier (letters, digits, _)")
+        setattr(self, key, m)
+
+    def __getitem__(self, key: str) -> Module:
+        m = getattr(self, key, None)
+        if not isinstance(m, Module):
+            raise KeyError(f"no entry {key!r}; entries: {list(self.keys())}")
+        return m
+
+    def __delitem__(self, key: str):
+        self[key]
+        delattr(self, key)
+
+    def __contains__(self, key) -> bool:
+        return isinstance(getattr(self, key, None), Module) if isinstance(key, str) else False
+
+    def __len__(self):
+        return len(list(self.keys()))
+
+    def keys(self):
+        return [k for k, _ in self.named_children()]
+
+    def items(self):
+        return list(self.named_children())

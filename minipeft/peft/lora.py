@@ -1,0 +1,183 @@
+"""LoRA: Low-Rank Adaptation (Hu et al. 2021, arXiv:2106.09685).
+
+A frozen weight W0 (d_out x d_in) is adapted by a trainable low-rank product:
+
+    h = W0 x + (alpha / r) * B A dropout(x)            A: (r, d_in), B: (d_out, r), r << d
+
+- A starts Gaussian, B starts at zero, so B A = 0 and the adapted model equals the base model
+  at step 0.
+- alpha / r keeps the update's scale roughly independent of r (rsLoRA, Kalajdzievski 2023:
+  alpha / sqrt(r), which keeps it stable as r grows).
+- Trainable parameters per adapted matrix: r (d_in + d_out); on q and v of L layers with
+  d_in = d_out = d: |Theta| = 2 * L * 2 * d * r  (the paper's 4 L d r).
+- Merging: W = W0 + (alpha/r) B A gives the same outputs with no extra cost at inference;
+  unmerging subtracts it again.
+
+Shapes: x (B, T, d_in) -> (B, T, d_out). The delta costs two thin matmuls, and because W0 is
+frozen, backward computes dL/dx through W0 but never dL/dW0.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .. import backend, ops
+from ..nn.layers import Linear
+from ..nn.module import ModuleDict, Parameter
+from .api import AdapterLayer, routed_sum
+
+TARGETS = ("q", "k", "v", "o", "fc", "proj")  # Linear layers of a block that LoRA can adapt
+
+
+@dataclass
+class LoraConfig:
+    method: ClassVar[str] = "lora"
+    r: int = 8
+    lora_alpha: float = 16.0
+    target_modules: tuple = ("q", "v")
+    lora_dropout: float = 0.0
+    use_rslora: bool = False
+    layers: tuple | None = None          # which blocks (indices); None = all
+    modules_to_save: tuple = ()          # e.g. ("cls_head",): a task head trained and saved with it
+
+    def __post_init__(self):
+        self.target_modules = tuple([self.target_modules] if isinstance(self.target_modules, str)
+                                    else self.target_modules)
+        if not isinstance(self.r, int) or self.r < 1:
+            raise ValueError(f"LoraConfig.r must be a positive integer (the rank), got {self.r!r}")
+        if self.lora_alpha <= 0:
+            raise ValueError(f"LoraConfig.lora_alpha must be positive, got {self.lora_alpha}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"LoraConfig.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        bad = [t for t in self.target_modules if t not in TARGETS]
+        if bad or not self.target_modules:
+            raise ValueError(f"LoraConfig.target_modules {list(self.target_modules)}: unknown {bad}; "
+                             f"the Linear layers that exist in every block are {list(TARGETS)}")
+        self.modules_to_save = tuple(self.modules_to_save)
+
+    @property
+    def scaling(self) -> float:
+        return self.lora_alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
+
+
+class LoraLinear(AdapterLayer):
+    """A frozen Linear plus one low-rank delta per adapter name (HF layout: base_layer, lora_A, lora_B)."""
+
+    def __init__(self, base: Linear):
+        self.base_layer = base
+        self.lora_A = ModuleDict()         # name -> Linear(d_in, r, bias=False):  weight A (r, d_in)
+        self.lora_B = ModuleDict()         # name -> Linear(r, d_out, bias=False): weight B (d_out, r)
+        self.scaling: dict = {}
+        self.dropout: dict = {}
+        self.merged: list = []             # adapter names currently folded into base_layer.weight
+
+    def add(self, name: str, cfg: LoraConfig):
+        d_in, d_out = self.base_layer.n_in, self.base_layer.n_out
+        a, b = Linear(d_in, cfg.r, bias=False), Linear(cfg.r, d_out, bias=False)
+        # A ~ N(0, 1/d_in) (random Gaussian, as in the paper); B = 0, so that B A = 0 at the start
+        a.weight = Parameter(backend.rng.normal((cfg.r, d_in), std=1.0 / math.sqrt(d_in)))
+        b.weight = Parameter(backend.xp.zeros((d_out, cfg.r), dtype=backend.default_dtype()))
+        self.lora_A[name], self.lora_B[name] = a, b
+        self.scaling[name], self.dropout[name] = cfg.scaling, cfg.lora_dropout
+
+    def delta(self, name: str, x):
+        """(alpha/r) B A dropout(x):  (..., d_in) -> (..., d_out)."""
+        x = ops.dropout(x, self.dropout[name], self.training)
+        return self.lora_B[name](self.lora_A[name](x)) * self.scaling[name]
+
+    def forward(self, x):
+        y = self.base_layer(x)                                   # W0 x + b  (frozen)
+        route = [(n, r) for n, r in self.route if n not in self.merged]
+        d = routed_sum(x, route, self.lora_A, self.delta)        # + sum over routed adapters
+        return y if d is None else y + d
+
+    def delta_weight(self, name: str):
+        """Delta W = (alpha/r) B A, shape (d_out, d_in), as a raw array."""
+        return backend.matmul(self.lora_B[name].weight.data, self.lora_A[name].weight.data) * self.scaling[name]
+
+    def extra_repr(self):
+        return f"adapters={self.lora_A.keys()}, merged={self.merged}"
+
+
+# ----------------------------------------------------------------------------- the method's API
+
+CONFIG = LoraConfig
+
+
+def _targets(pm, cfg: LoraConfig):
+    n_layer = pm.config.n_layer
+    layers = range(n_layer) if cfg.layers is None else cfg.layers
+    for i in layers:
+        if not 0 <= i < n_layer:
+            raise ValueError(f"LoraConfig.layers contains {i}; the model has layers 0..{n_layer - 1}")
+        for t in cfg.target_modules:
+            sub = "attn" if t in ("q", "k", "v", "o") else "mlp"
+            yield f"h.{i}.{sub}.{t}"
+
+
+def add(pm, name: str, cfg: LoraConfig) -> None:
+    for path in _targets(pm, cfg):
+        layer = pm.model.get_submodule(path)
+        if not isinstance(layer, LoraLinear):
+            if isinstance(layer, AdapterLayer):
+                raise ValueError(f"{path} is already wrapped by {type(layer).__name__}; LoRA on a layer "
+                                 f"another method wraps is not supported")
+            layer = LoraLinear(layer)
+            pm.model.set_submodule(path, layer)
+        layer.add(name, cfg)
+
+
+def formula(model_cfg, cfg: LoraConfig) -> dict:
+    """r (d_in + d_out) per adapted matrix; q/k/v/o are d x d, fc is d -> d_ff, proj d_ff -> d."""
+    d, f = model_cfg.d_model, model_cfg.d_ff
+    per_layer = sum(cfg.r * ((d + f) if t in ("fc", "proj") else 2 * d) for t in cfg.target_modules)
+    n = model_cfg.n_layer if cfg.layers is None else len(cfg.layers)
+    heads = _heads(model_cfg, cfg)
+    return {"trainable": n * per_layer + heads, "kept": n * per_layer + heads}
+
+
+def _heads(model_cfg, cfg) -> int:
+    total = 0
+    for path in cfg.modules_to_save:
+        if path == "cls_head":
+            total += model_cfg.d_model * model_cfg.n_labels + model_cfg.n_labels
+        else:
+            raise ValueError(f"formula: no closed form for modules_to_save entry {path!r}")
+    return total
+
+
+def _layers(pm, name):
+    return [m for m in pm.modules() if isinstance(m, LoraLinear) and name in m.lora_A]
+
+
+def merge(pm, name: str) -> None:
+    """W0 <- W0 + (alpha/r) B A for every layer of adapter `name`."""
+    for layer in _layers(pm, name):
+        if name in layer.merged:
+            continue
+        if layer.training and layer.dropout[name] > 0:
+            raise ValueError(f"adapter {name!r} uses lora_dropout={layer.dropout[name]}: merging in training "
+                             f"mode would drop the dropout the unmerged layer applies; call model.eval() first")
+        w = layer.base_layer.weight
+        w.data = w.data + layer.delta_weight(name).astype(w.dtype)
+        layer.merged.append(name)
+
+
+def unmerge(pm, name: str) -> None:
+    """W0 <- W - (alpha/r) B A (exact up to floating-point rounding)."""
+    for layer in _layers(pm, name):
+        if name not in layer.merged:
+            continue
+        w = layer.base_layer.weight
+        w.data = w.data - layer.delta_weight(name).astype(w.dtype)
+        layer.merged.remove(name)
+
+
+def unload(pm, name: str) -> None:
+    """Put the plain (possibly merged) Linear layers back in place of the LoRA wrappers."""
+    for path, m in list(pm.model.named_modules()):
+        if isinstance(m, LoraLinear) and name in m.lora_A:
+            del m.lora_A[name], m.lora_B[name]
+            if not m.lora_A.keys():
+                pm.model.set_submodule(path, m.base_layer)
