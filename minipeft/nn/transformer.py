@@ -152,9 +152,11 @@ class Transformer(Module):
             self.cls_head = Linear(cfg.d_model, cfg.n_labels)
 
     # ------------------------------------------------------------------ inputs
-    def _check_ids(self, ids, name="ids"):
-        """Validate token ids on the host (CuPy wraps out-of-range indices silently) and move them."""
+    def _check_ids(self, ids, name="ids", high=None):
+        """Validate token ids (in [0, high), default the vocabulary) on the host (CuPy wraps
+        out-of-range indices silently) and move them."""
         hostnp = backend.host()
+        high = self.config.vocab_size if high is None else high
         if isinstance(ids, Tensor):
             ids = ids.data
         if isinstance(ids, (list, tuple)) or isinstance(ids, hostnp.ndarray):
@@ -163,10 +165,11 @@ class Transformer(Module):
                 raise TypeError(f"{name} must be integers, got dtype {ids.dtype}")
             if ids.ndim != 2:
                 raise ValueError(f"{name} must have shape (batch, tokens), got {ids.shape}")
-            if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
-                bad = int(ids[(ids < 0) | (ids >= self.config.vocab_size)][0])
-                raise ValueError(f"{name} contains {bad}, outside [0, {self.config.vocab_size}); "
-                                 f"the tokenizer and model vocabularies do not match")
+            if ids.size and (ids.min() < 0 or ids.max() >= high):
+                bad = int(ids[(ids < 0) | (ids >= high)][0])
+                hint = ("the tokenizer and model vocabularies do not match" if name == "ids"
+                        else f"the model has n_types={self.config.n_types}")
+                raise ValueError(f"{name} contains {bad}, outside [0, {high}); {hint}")
         return backend.to_device(ids)
 
     def embed(self, ids, token_type_ids=None, pos_offset: int = 0, prompt=None):
@@ -189,7 +192,7 @@ class Transformer(Module):
         x = x + self.wpe.weight[pos_offset:pos_offset + Tt]                  # (T', d) broadcast over B
         if self.config.arch == "bert":
             types = backend.xp.zeros((B, T), dtype=ids.dtype) if token_type_ids is None \
-                else self._check_ids(token_type_ids, "token_type_ids")
+                else self._check_ids(token_type_ids, "token_type_ids", high=self.config.n_types)
             if prompt is not None:  # soft prompt tokens get type 0
                 types = backend.xp.concatenate([backend.xp.zeros((B, Tt - T), dtype=types.dtype), types], axis=1)
             x = self.ln_emb(x + self.wtt(types))
