@@ -243,6 +243,7 @@ class Attention(Function):
         s = backend.matmul(q, k.swapaxes(-1, -2))              # (B, H, Tq, P+Tk)
         s *= scale
         mask = None                                              # True = blocked
+        grad_scale = scale                                       # dS/d(QK'^T), per row
         if causal:
             i = xp.arange(Tq)[:, None] + (Tk - Tq)
             j = xp.arange(Tk)[None, :]
@@ -255,12 +256,14 @@ class Attention(Function):
                 mask = xp.concatenate([xp.zeros(mask.shape[:3] + (P,), dtype=bool),
                                        xp.broadcast_to(mask, mask.shape[:3] + (Tk,))], axis=-1)
             s[...] = xp.where(mask, s.dtype.type(_NEG), s)
+            # a row with every key blocked has constant scores: nothing flows back through them
+            grad_scale = (~mask.all(axis=-1, keepdims=True)) * s.dtype.type(scale)  # (B|1, 1, Tq, 1)
         # A = softmax(S) along the keys, in place
         s -= s.max(axis=-1, keepdims=True)
         xp.exp(s, out=s)
         s /= s.sum(axis=-1, keepdims=True)
         out = backend.matmul(s, v)                               # (B, H, Tq, D)
-        ctx.save_for_backward(q, k, v, s, scale, P,
+        ctx.save_for_backward(q, k, v, s, grad_scale, P,
                               None if k_prefix is None else k_prefix.shape)
         return out
 
@@ -281,7 +284,7 @@ class Attention(Function):
             gs = ga
             gs -= (ga * a).sum(axis=-1, keepdims=True)
             gs *= a
-            gs *= scale                                          # through S = Q K'^T * scale
+            gs *= scale                                          # through S = Q K'^T * scale (0 on fully masked rows)
             if need_q:
                 gq = backend.matmul(gs, k)                        # dL/dQ = dL/dS K'
             if need_k or need_kp:
