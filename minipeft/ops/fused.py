@@ -11,6 +11,7 @@ import math
 
 from .. import backend
 from ..autograd import Function, Tensor
+from .basic import unbroadcast
 
 
 # ----------------------------------------------------------------------------- linear
@@ -192,14 +193,14 @@ def dropout(x, p: float, training: bool = True):
 class MaskedFill(Function):
     @staticmethod
     def forward(ctx, x, mask, value):
-        ctx.save_for_backward(mask)
+        ctx.save_for_backward(mask, x.shape)
         return backend.xp.where(mask, x.dtype.type(value), x)
 
     @staticmethod
     def backward(ctx, g):
-        (mask,) = ctx.saved
-        # filled positions are constants: their gradient is 0
-        return backend.xp.where(mask, 0, g).astype(g.dtype), None, None
+        mask, shape = ctx.saved
+        # filled positions are constants: their gradient is 0 (summed back if mask broadcast x up)
+        return unbroadcast(backend.xp.where(mask, 0, g).astype(g.dtype), shape), None, None
 
 
 def masked_fill(x, mask, value):
