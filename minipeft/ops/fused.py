@@ -117,6 +117,10 @@ class CrossEntropy(Function):
 
     @staticmethod
     def backward(ctx, g):
+        if ctx.saved is None:
+            raise RuntimeError("cross_entropy: backward ran twice through the same loss (retain_graph=True); "
+                               "its saved softmax is reused in place by the first backward. Compute the "
+                               "loss again for a second backward.")
         p, t, keep, n = ctx.saved
         xp = backend.xp
         # dL/dlogits_i = (softmax_i - onehot(t_i)) / n for kept rows, 0 for ignored rows
