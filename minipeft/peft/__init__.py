@@ -3,11 +3,13 @@
     from minipeft.peft import apply, LoraConfig
     pm = apply(model, LoraConfig(r=8))
 """
-from . import api, lora
+from . import api, bitfit, full, lora
 from .api import PeftModel, apply, get_peft_model, routed_sum
+from .bitfit import BitFitConfig
+from .full import FullConfig
 from .lora import LoraConfig
 
-for _m in (lora,):
+for _m in (lora, bitfit, full):
     api.METHODS[_m.CONFIG.method] = _m
 
-__all__ = ["PeftModel", "apply", "get_peft_model", "routed_sum", "LoraConfig"]
+__all__ = ["PeftModel", "apply", "get_peft_model", "routed_sum", "LoraConfig", "BitFitConfig", "FullConfig"]

@@ -203,6 +203,10 @@ class PeftModel(Module):
     @contextmanager
     def disable_adapter(self):
         """`with pm.disable_adapter():` runs the plain base model (no adapter at all)."""
+        fixed = [n for n, c in self.peft_config.items() if not getattr(method_of(c), "CAN_DISABLE", True)]
+        if fixed:
+            raise ValueError(f"adapter(s) {fixed} changed the base weights in place "
+                             f"({type(self.peft_config[fixed[0]]).__name__}); there is no base model to go back to")
         saved, self._disabled = self._disabled, True
         try:
             yield
@@ -318,6 +322,10 @@ class PeftModel(Module):
         m = method_of(self.peft_config[name])
         if hasattr(m, "state"):
             return m.state(self, name)
+        return self._owned_parameters(name)
+
+    def _owned_parameters(self, name: str) -> dict:
+        """Parameters that exist only because of adapter `name` (its segment is in their path)."""
         out = {}
         for path, p in self.named_parameters():
             parts = path.split(".")
@@ -329,7 +337,7 @@ class PeftModel(Module):
     def trainable_summary(self) -> dict:
         trainable = sum(p.size for p in self.parameters() if p.requires_grad)
         total = self.num_parameters()
-        adapter = sum(sum(p.size for p in self.adapter_parameters(n).values()) for n in self.peft_config)
+        adapter = sum(sum(p.size for p in self._owned_parameters(n).values()) for n in self.peft_config)
         return {"trainable": trainable, "total": total, "base": total - adapter, "adapter": adapter}
 
     def print_trainable_parameters(self, per_module: bool = False) -> str:
