@@ -60,10 +60,12 @@ def _as_groups(params, defaults: dict) -> list[dict]:
         if "params" not in raw:
             raise ValueError(f"parameter group {gi} has no 'params' key; a group is a dict "
                              f"{{'params': [tensors], 'lr': ..., 'weight_decay': ...}}")
-        unknown = set(raw) - set(defaults) - {"params"}
+        # unknown keys are refused so that a typo ("learning_rate") cannot be silently ignored;
+        # "name" may label a group (e.g. "layer 3", "no_decay") for logs
+        unknown = set(raw) - set(defaults) - {"params", "name"}
         if unknown:
             raise ValueError(f"parameter group {gi} has unknown keys {sorted(unknown)}; "
-                             f"known keys: ['params'] + {sorted(defaults)}")
+                             f"known keys: ['params', 'name'] + {sorted(defaults)}")
         ps = raw["params"]
         if hasattr(ps, "data") and hasattr(ps, "requires_grad"):
             ps = [ps]

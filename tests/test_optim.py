@@ -198,6 +198,7 @@ def test_bad_params_give_clear_errors():
         AdamW([("w", p)])
     with pytest.raises(ValueError, match="unknown keys"):
         AdamW([{"params": [p], "learning_rate": 0.1}])
+    assert AdamW([{"params": [p], "name": "layer 0"}]).param_groups[0]["name"] == "layer 0"
     with pytest.raises(ValueError, match="nesterov"):
         SGD([p], lr=0.1, nesterov=True)
 
