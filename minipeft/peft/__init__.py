@@ -3,13 +3,14 @@
     from minipeft.peft import apply, LoraConfig
     pm = apply(model, LoraConfig(r=8))
 """
-from . import api, bitfit, full, lora
+from . import adapter, api, bitfit, full, lora
 from .api import PeftModel, apply, get_peft_model, routed_sum
+from .adapter import AdapterConfig
 from .bitfit import BitFitConfig
 from .full import FullConfig
 from .lora import LoraConfig
 
-for _m in (lora, bitfit, full):
+for _m in (lora, adapter, bitfit, full):
     api.METHODS[_m.CONFIG.method] = _m
 
-__all__ = ["PeftModel", "apply", "get_peft_model", "routed_sum", "LoraConfig", "BitFitConfig", "FullConfig"]
+__all__ = ["PeftModel", "apply", "get_peft_model", "routed_sum", "LoraConfig", "AdapterConfig", "BitFitConfig", "FullConfig"]

@@ -121,8 +121,8 @@ def add(pm, name: str, cfg: LoraConfig) -> None:
         layer = pm.model.get_submodule(path)
         if not isinstance(layer, LoraLinear):
             if isinstance(layer, AdapterLayer):
-                raise ValueError(f"{path} is already wrapped by {type(layer).__name__}; LoRA on a layer "
-                                 f"another method wraps is not supported")
+                raise ValueError(f"{path} is already wrapped by {type(layer).__name__}; LoRA needs the plain "
+                                 f"Linear layer: add the LoRA adapter before the other method's adapter")
             layer = LoraLinear(layer)
             pm.model.set_submodule(path, layer)
         layer.add(name, cfg)
