@@ -126,18 +126,15 @@ class Module:
         return {name: p.data for name, p in self.named_parameters()}
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
-        """Copy arrays into the parameters. strict: keys, shapes and dtypes must all match, and
-        every problem is listed in one error. Non-strict: only matching keys are loaded."""
+        """Copy arrays into the parameters. Shapes and dtypes must always match; strict: the keys
+        must match too (missing and unexpected keys are errors). Every problem is listed in one error."""
         from ..checkpoint import check_state_dict  # checkpoint imports nothing from nn
         params = dict(self.named_parameters())
         expected = {name: (tuple(p.shape), str(p.dtype)) for name, p in params.items()}
-        if strict:
-            check_state_dict(expected, state)
+        check_state_dict(expected, state, strict=strict)
         for name, value in state.items():
-            p = params.get(name)
-            if p is None or tuple(value.shape) != tuple(p.shape):
-                continue
-            p.data = backend.to_device(value, dtype=p.dtype).copy()
+            if name in params:
+                params[name].data = backend.to_device(value, dtype=params[name].dtype).copy()
 
     def extra_repr(self) -> str:
         return ""

@@ -1,0 +1,210 @@
+"""The `minipeft` command line.
+
+    minipeft count --arch roberta-large --method lora --r 8 --targets q,v --json
+    minipeft pretrain --preset gpt2-m --steps 3000 --out data/checkpoints/gpt2-m
+    minipeft generate --model gpt2-m --text "The Eagle is a"
+    minipeft eval --model gpt2-m
+    minipeft finetune --method lora --task e2e --model gpt2-m --steps 300 --out runs/e2e-lora
+
+Bad arguments and missing files give one line on stderr (`minipeft: error: ...`) and exit
+status 2, not a traceback. Set MINIPEFT_DEBUG=1 to see the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+# ----------------------------------------------------------------------------- count
+
+def count_params(arch: str, method: str, r: int = 8, targets: str = "q,v", size: int = 64,
+                 placement: str = "houlsby", length: int = 10, with_layernorm: bool = False,
+                 top_k: int | None = None) -> dict:
+    """Trainable and total parameters of a method on a real-size architecture, from formulas alone."""
+    from .peft import api
+    from .peft.count import ARCHS, base_params
+    if arch not in ARCHS:
+        raise ValueError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    cfg = ARCHS[arch]
+    base = base_params(cfg, mlm_head=False)
+    if method == "none":
+        return {"arch": arch, "method": "none", "trainable": 0, "total": base, "base": base}
+    from . import peft
+    configs = {
+        "full": lambda: peft.FullConfig(top_k_layers=top_k),
+        "bitfit": lambda: peft.BitFitConfig(with_layernorm=with_layernorm),
+        "lora": lambda: peft.LoraConfig(r=r, target_modules=tuple(t.strip() for t in targets.split(",") if t.strip())),
+        "adapter": lambda: peft.AdapterConfig(size=size, placement=placement),
+        "prefix": lambda: peft.PrefixConfig(num_virtual_tokens=length),
+        "prompt": lambda: peft.PromptConfig(num_virtual_tokens=length),
+    }
+    if method not in configs:
+        raise ValueError(f"unknown --method {method!r}; choose one of none, {', '.join(configs)}")
+    mcfg = configs[method]()
+    module = api.METHODS[mcfg.method]
+    in_place = getattr(module, "EXCLUSIVE", False)           # full, BitFit train base parameters
+    f = module.formula(cfg, mcfg, mlm_head=False) if in_place else module.formula(cfg, mcfg)
+    added = 0 if in_place else f["kept"]
+    total = base + added
+    out = {"arch": arch, "method": method, "trainable": f["trainable"], "kept": f["kept"], "base": base,
+           "total": total, "trainable_pct": 100.0 * f["trainable"] / total,
+           "pct_of_base": 100.0 * f["trainable"] / base,
+           "optimizer_state_bytes_fp32": 8 * f["trainable"]}
+    for k in ("biases", "layernorm_gains"):
+        if k in f:
+            out[k] = f[k]
+    return out
+
+
+def _cmd_count(a):
+    res = count_params(a.arch, a.method, r=a.r, targets=a.targets, size=a.size, placement=a.placement,
+                       length=a.length, with_layernorm=a.with_layernorm, top_k=a.top_k)
+    if a.json:
+        print(json.dumps(res))
+    else:
+        print(f"{res['arch']} + {res['method']}: trainable params: {res['trainable']:,} || all params: "
+              f"{res['total']:,} || trainable%: {res.get('trainable_pct', 0):.4f}")
+
+
+# ----------------------------------------------------------------------------- pretrain / eval / generate
+
+def _cmd_pretrain(a):
+    from . import use
+    from .pretrain import pretrain
+    use(a.backend)
+    out = a.out or os.path.join("data", "checkpoints", a.preset)
+    m = pretrain(a.preset, out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
+                 eval_every=a.eval_every, progress=not a.quiet)
+    print(json.dumps(m, indent=1))
+
+
+def _cmd_eval(a):
+    from . import use
+    from .pretrain import heldout_loss_of
+    use(a.backend)
+    loss = heldout_loss_of(a.model)
+    print(json.dumps({"model": a.model, "heldout_loss": loss}))
+
+
+def _cmd_generate(a):
+    from . import use
+    from .data.tokenizer import load_default
+    from .generate import generate_text
+    from .pretrain import load_pretrained
+    use(a.backend)
+    model = load_pretrained(a.model)
+    if a.adapter:
+        from .peft import PeftModel
+        model = PeftModel.from_pretrained(model, a.adapter)
+    tok = load_default()
+    texts = a.text or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        raise ValueError("no input text: pass --text \"...\" (repeatable) or lines on standard input")
+    outs = generate_text(model, tok, texts, max_new_tokens=a.max_new_tokens, method=a.method,
+                         num_beams=a.num_beams, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
+                         seed=a.seed)
+    for t, o in zip(texts, outs):
+        print(f"{t}{o}")
+
+
+def _cmd_finetune(a):
+    from . import use
+    from .tasks import finetune_cli
+    use(a.backend)
+    finetune_cli(a)
+
+
+# ----------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="minipeft", description="Parameter-efficient fine-tuning from scratch.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    c = sub.add_parser("count", help="parameter counts of a method on a real-size architecture")
+    c.add_argument("--arch", required=True, help="bert-base, bert-large, roberta-base, roberta-large, gpt2, gpt2-medium, gpt2-large")
+    c.add_argument("--method", required=True, help="none, full, bitfit, lora, adapter, prefix, prompt")
+    c.add_argument("--r", type=int, default=8, help="LoRA rank")
+    c.add_argument("--targets", default="q,v", help="LoRA targets, a comma list of q,k,v,o")
+    c.add_argument("--size", type=int, default=64, help="adapter bottleneck size m")
+    c.add_argument("--placement", default="houlsby", help="adapter placement: houlsby, pfeiffer, parallel")
+    c.add_argument("--length", type=int, default=10, help="prefix / prompt length")
+    c.add_argument("--with-layernorm", action="store_true", help="BitFit: also the LayerNorm gains")
+    c.add_argument("--top-k", type=int, default=None, help="full: train only the top k layers")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(fn=_cmd_count)
+
+    def common(q):
+        q.add_argument("--backend", default="numpy", help="numpy, cupy or auto")
+        q.add_argument("--seed", type=int, default=0)
+
+    t = sub.add_parser("pretrain", help="pretrain a shipped model size on data/pretrain")
+    t.add_argument("--preset", required=True, help="gpt2-s, gpt2-m, gpt2-l, bert-m")
+    t.add_argument("--steps", type=int, default=2000)
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--eval-every", type=int, default=250)
+    t.add_argument("--out", default=None, help="output directory (default data/checkpoints/PRESET)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    common(t)
+    t.set_defaults(fn=_cmd_pretrain)
+
+    e = sub.add_parser("eval", help="held-out loss of a checkpoint")
+    e.add_argument("--model", default="gpt2-m", help="a shipped preset name or a checkpoint directory")
+    common(e)
+    e.set_defaults(fn=_cmd_eval)
+
+    g = sub.add_parser("generate", help="continue text with a decoder checkpoint")
+    g.add_argument("--model", default="gpt2-m")
+    g.add_argument("--adapter", default=None, help="directory written by save_pretrained / finetune")
+    g.add_argument("--text", action="append", help="input text (repeatable); default: lines of stdin")
+    g.add_argument("--max-new-tokens", type=int, default=40)
+    g.add_argument("--method", default="greedy", help="greedy, beam or sample")
+    g.add_argument("--num-beams", type=int, default=4)
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    common(g)
+    g.set_defaults(fn=_cmd_generate)
+
+    f = sub.add_parser("finetune", help="fine-tune a shipped model on a task with a PEFT method")
+    f.add_argument("--method", required=True, help="full, bitfit, lora, adapter, prefix, prompt")
+    f.add_argument("--task", required=True, help="e2e, webnlg, sst2")
+    f.add_argument("--model", default=None, help="shipped preset or checkpoint dir (default: gpt2-m; bert-m for sst2)")
+    f.add_argument("--steps", type=int, default=300)
+    f.add_argument("--batch-size", type=int, default=16)
+    f.add_argument("--lr", type=float, default=None, help="default depends on the method")
+    f.add_argument("--r", type=int, default=8)
+    f.add_argument("--alpha", type=float, default=16.0)
+    f.add_argument("--targets", default="q,v")
+    f.add_argument("--size", type=int, default=16)
+    f.add_argument("--placement", default="houlsby")
+    f.add_argument("--length", type=int, default=10)
+    f.add_argument("--train-size", type=int, default=None, help="use only the first N training examples")
+    f.add_argument("--eval-size", type=int, default=100)
+    f.add_argument("--eval-every", type=int, default=100)
+    f.add_argument("--patience", type=int, default=None)
+    f.add_argument("--out", default=None, help="where the best adapter and the log go")
+    f.add_argument("--quiet", action="store_true")
+    common(f)
+    f.set_defaults(fn=_cmd_finetune)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.fn(args)
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError, TypeError, ImportError) as e:
+        if os.environ.get("MINIPEFT_DEBUG"):
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"minipeft: error: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
