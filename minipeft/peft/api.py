@@ -253,19 +253,35 @@ class PeftModel(Module):
                     kw[k] = v
         return kw
 
-    def encode(self, ids, attention_mask=None, token_type_ids=None, adapter_names=None, cache=None):
-        """Hidden states (B, T, d) of the adapted model, without the soft-prompt positions."""
+    def encode(self, ids, attention_mask=None, token_type_ids=None, prefix=None, cache=None, prompt=None,
+               adapter_names=None):
+        """Hidden states (B, T, d) of the adapted model, without soft-prompt positions.
+
+        Same signature as Transformer.encode (so generation works on a PeftModel) plus
+        adapter_names: one adapter name (or None for the base model) per sample.
+        """
         B, T = len(ids), len(ids[0])
         with self._routing(adapter_names, B) as route:
             kw = self._encode_kwargs(route, B)
+            if prefix is not None:
+                kw["prefix"] = prefix if "prefix" not in kw else \
+                    [(ops.concat([a, c], axis=2), ops.concat([b, d], axis=2)) for (a, b), (c, d) in zip(prefix, kw["prefix"])]
+            if prompt is not None:
+                kw["prompt"] = prompt if "prompt" not in kw else ops.concat([prompt, kw["prompt"]], axis=1)
             if cache is not None and "k" in cache[0]:
                 kw.pop("prompt", None)           # the soft prompt is in the cache already
             h = self.model.encode(ids, attention_mask, token_type_ids, cache=cache, **kw)
         return h[:, h.shape[1] - T:] if h.shape[1] > T else h     # drop soft-prompt positions
 
+    def lm_logits(self, h):
+        return self.model.lm_logits(h)
+
+    def new_cache(self) -> list:
+        return self.model.new_cache()
+
     def forward(self, ids, targets=None, attention_mask=None, token_type_ids=None, adapter_names=None):
         """Like Transformer.forward: (logits (B, T, V), loss or None)."""
-        logits = self.model.lm_logits(self.encode(ids, attention_mask, token_type_ids, adapter_names))
+        logits = self.model.lm_logits(self.encode(ids, attention_mask, token_type_ids, adapter_names=adapter_names))
         loss = None
         if targets is not None:
             if isinstance(targets, Tensor):
