@@ -177,17 +177,25 @@ def pretrain(preset: str, out_dir: str, steps: int = 2000, batch_size: int = 16,
     return metrics
 
 
-def load_pretrained(name_or_dir: str):
-    """Load a shipped checkpoint by preset name ("gpt2-m") or a directory. Returns the model (eval mode)."""
+def load_pretrained(name_or_dir: str, n_labels: int = 0):
+    """Load a shipped checkpoint by preset name ("gpt2-m") or a directory; eval mode.
+
+    n_labels > 0 adds a freshly initialised classification head `cls_head` (the only
+    parameters the checkpoint may lack)."""
     from .checkpoint import load_checkpoint
-    path = name_or_dir if os.path.isdir(name_or_dir) else os.path.join(DATA, "checkpoints", name_or_dir)
+    ckpts = os.path.join(DATA, "checkpoints")
+    path = name_or_dir if os.path.isdir(name_or_dir) else os.path.join(ckpts, name_or_dir)
     if not os.path.isdir(path):
-        shipped = sorted(os.listdir(os.path.join(DATA, "checkpoints"))) if os.path.isdir(os.path.join(DATA, "checkpoints")) else []
+        shipped = sorted(os.listdir(ckpts)) if os.path.isdir(ckpts) else []
         raise FileNotFoundError(f"no checkpoint at {name_or_dir!r}; shipped checkpoints: {shipped} "
                                 f"(or pass a directory holding model.safetensors and config.json)")
     state, config = load_checkpoint(path)
+    config = dict(config, n_labels=n_labels or config.get("n_labels", 0))
     model = Transformer(TransformerConfig.from_dict(config))
-    model.load_state_dict(state)
+    missing = {k for k, _ in model.named_parameters()} - set(state)
+    if missing - {"cls_head.weight", "cls_head.bias"}:
+        model.load_state_dict(state)               # strict: reports every problem
+    model.load_state_dict(state, strict=False)
     return model.eval()
 
 

@@ -1,0 +1,320 @@
+"""Downstream tasks: data pipelines, losses and evaluation for fine-tuning.
+
+Conditional generation (table-to-text "e2e", triples-to-text "webnlg"), as in Li & Liang and the
+LoRA paper's GPT-2 experiments. A causal decoder reads
+
+    <bos> source <sep> target <eos>
+
+and the loss counts only the target tokens and the final <eos> (the source is given, not
+predicted). Evaluation decodes the target from `<bos> source <sep>` and scores it with corpus
+BLEU (all references of a source) and ROUGE-L.
+
+Classification ("sst2") with a head on the encoder: `<cls> sentence <sep>` -> pooled [CLS]
+vector -> cls_head -> label; scored by accuracy, macro F1 and Matthews correlation.
+
+`finetune(...)` runs one method on one task end to end: load the shipped checkpoint, apply the
+PEFT config, evaluate before, train with `fit`, keep the best adapter by the dev score,
+evaluate after, and save the adapter. `minipeft finetune` and `make demo` call it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+from . import backend, ops
+from .autograd import no_grad
+from .metrics import accuracy, corpus_bleu, macro_f1, matthews_corrcoef, rouge_l
+from .pretrain import DATA, load_pretrained
+from .train import fit
+
+GEN_TASKS = ("e2e", "webnlg")
+CLS_TASKS = ("sst2",)
+
+
+@dataclass
+class Seq2SeqExample:
+    source: str
+    refs: list
+    category: str = ""
+    seen: bool = True
+
+
+def linearize_mr(mr: str) -> str:
+    """E2E meaning representation -> the flat source Li & Liang feed GPT-2:
+    'name[The Eagle], food[Chinese]' -> 'name : The Eagle | food : Chinese'."""
+    from .data.formats import parse_mr
+    return " | ".join(f"{k} : {v}" for k, v in parse_mr(mr).items())
+
+
+def linearize_triples(triples) -> str:
+    """[(s, p, o), ...] -> 's : p : o | ...' with underscores read as spaces."""
+    return " | ".join(" : ".join(x.replace("_", " ") for x in (t.s, t.p, t.o)) for t in triples)
+
+
+def load_task(task: str, split: str, data_dir: str | None = None) -> list:
+    """Examples of a task split ('train', 'dev', 'test') from the shipped files in data/."""
+    from .data import formats
+    root = data_dir or DATA
+    if task == "e2e":
+        rows = formats.read_e2e_csv(os.path.join(root, "e2e", f"{split}.csv"))
+        return [Seq2SeqExample(linearize_mr(r.mr), list(r.refs)) for r in rows]
+    if task == "webnlg":
+        entries = formats.read_webnlg_xml(os.path.join(root, "webnlg", f"{split}.xml"))
+        seen = _seen_categories(root)
+        return [Seq2SeqExample(linearize_triples(e.triples), list(e.lexes), e.category, e.category in seen)
+                for e in entries]
+    if task == "sst2":
+        name = "dev" if split == "dev" else split
+        return formats.read_glue_tsv(os.path.join(root, "sst2", f"{name}.tsv"), "sst2")
+    raise ValueError(f"unknown task {task!r}; choose one of {GEN_TASKS + CLS_TASKS}")
+
+
+def _seen_categories(root: str) -> set:
+    from .data import formats
+    return {e.category for e in formats.read_webnlg_xml(os.path.join(root, "webnlg", "train.xml"))}
+
+
+# ----------------------------------------------------------------------------- generation tasks
+
+def encode_seq2seq(tok, source: str, target: str | None, n_ctx: int):
+    """ids = <bos> source <sep> [target <eos>]; labels -100 on everything but target and <eos>.
+    The source is cut from the left if the pair does not fit in n_ctx."""
+    src = tok.encode(source)
+    tgt = tok.encode(target) + [tok.eos_id] if target is not None else []
+    room = n_ctx - 2 - len(tgt)
+    if room < 1:
+        tgt = tgt[:n_ctx - 3]
+        room = 1
+    src = src[-room:]
+    ids = [tok.bos_id] + src + [tok.sep_id] + tgt
+    labels = [-100] * (len(src) + 2) + tgt
+    return ids, labels
+
+
+def seq2seq_batches(tok, examples, batch_size: int, n_ctx: int, seed: int = 0):
+    """Endless shuffled batches of (source, one reference) pairs, right-padded.
+
+    Yields dict(ids (B, T-1), targets (B, T-1)): the causal LM shift of `<bos> src <sep> tgt <eos>`,
+    targets -100 on the source and on padding."""
+    hostnp = backend.host()
+    pairs = [(e.source, r) for e in examples for r in e.refs]
+    if not pairs:
+        raise ValueError("no training pairs: the examples have no references")
+    gen = hostnp.random.default_rng(seed)
+    while True:
+        for start in range(0, len(pairs) - batch_size + 1, batch_size):
+            if start == 0:
+                order = gen.permutation(len(pairs))
+            rows = [encode_seq2seq(tok, *pairs[i], n_ctx + 1) for i in order[start:start + batch_size]]
+            T = max(len(ids) for ids, _ in rows)
+            ids = hostnp.full((len(rows), T), tok.pad_id, dtype=hostnp.int64)
+            lab = hostnp.full((len(rows), T), -100, dtype=hostnp.int64)
+            for i, (a, b) in enumerate(rows):
+                ids[i, :len(a)], lab[i, :len(b)] = a, b
+            yield {"ids": ids[:, :-1], "targets": lab[:, 1:]}
+
+
+def lm_loss(model, batch):
+    return model(batch["ids"], batch["targets"])[1]
+
+
+def generate_targets(model, tok, examples, max_new_tokens: int = 60, method: str = "greedy",
+                     num_beams: int = 4) -> list:
+    """Decode a target text for every example from `<bos> source <sep>`."""
+    from .generate import generate
+    prompts = [encode_seq2seq(tok, e.source, None, model.config.n_ctx - max_new_tokens)[0] for e in examples]
+    outs = generate(model, prompts, max_new_tokens=max_new_tokens, method=method, eos_id=tok.eos_id,
+                    num_beams=num_beams)
+    return [tok.decode([t for t in o if t != tok.eos_id]).strip() for o in outs]
+
+
+def evaluate_generation(model, tok, examples, max_new_tokens: int = 60, method: str = "greedy") -> dict:
+    """BLEU (sacrebleu, all references) and ROUGE-L (max over references) of decoded targets."""
+    hyps = generate_targets(model, tok, examples, max_new_tokens, method)
+    refs = [e.refs for e in examples]
+    return {"bleu": corpus_bleu(hyps, refs), "rouge_l": rouge_l(hyps, refs), "outputs": hyps}
+
+
+def dev_loss(model, batches) -> float:
+    total, n = 0.0, 0
+    for b in batches:
+        k = int((b["targets"] != -100).sum())
+        total += float(lm_loss(model, b).item()) * k
+        n += k
+    return total / max(n, 1)
+
+
+# ----------------------------------------------------------------------------- classification
+
+def cls_batches(tok, examples, batch_size: int, max_len: int, seed: int | None = 0, endless: bool = True):
+    """Batches of `<cls> sentence <sep>` with attention masks and integer labels (shuffled when seed)."""
+    hostnp = backend.host()
+    gen = hostnp.random.default_rng(seed) if seed is not None else None
+    while True:
+        order = gen.permutation(len(examples)) if gen is not None else hostnp.arange(len(examples))
+        for start in range(0, len(examples), batch_size):
+            chunk = [examples[i] for i in order[start:start + batch_size]]
+            if endless and len(chunk) < batch_size:
+                break
+            yield _cls_encode(tok, chunk, max_len)
+        if not endless:
+            return
+
+
+def _cls_encode(tok, chunk, max_len):
+    hostnp = backend.host()
+    rows = [[tok.cls_id] + tok.encode(e.sentence)[:max_len - 2] + [tok.sep_id] for e in chunk]
+    T = max(len(r) for r in rows)
+    ids = hostnp.full((len(rows), T), tok.pad_id, dtype=hostnp.int64)
+    mask = hostnp.zeros((len(rows), T), dtype=hostnp.int64)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)], mask[i, :len(r)] = r, 1
+    labels = hostnp.asarray([e.label for e in chunk], dtype=hostnp.int64)
+    return {"ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def cls_loss(model, batch):
+    logits = model.classify(batch["ids"], batch["attention_mask"])
+    return ops.cross_entropy(logits, batch["labels"])
+
+
+def evaluate_classification(model, tok, examples, max_len: int = 64, batch_size: int = 64) -> dict:
+    preds, golds, loss, n = [], [], 0.0, 0
+    for b in cls_batches(tok, examples, batch_size, max_len, seed=None, endless=False):
+        logits = model.classify(b["ids"], b["attention_mask"])
+        loss += float(ops.cross_entropy(logits, b["labels"]).item()) * len(b["labels"])
+        n += len(b["labels"])
+        preds.extend(backend.to_numpy(logits.data).argmax(axis=1).tolist())
+        golds.extend(b["labels"].tolist())
+    return {"accuracy": accuracy(preds, golds), "macro_f1": macro_f1(preds, golds),
+            "mcc": matthews_corrcoef(preds, golds), "loss": loss / max(n, 1)}
+
+
+# ----------------------------------------------------------------------------- one fine-tuning run
+
+DEFAULT_LR = {"full": 3e-4, "bitfit": 3e-3, "lora": 3e-3, "adapter": 2e-3, "prefix": 2e-3, "prompt": 3e-2}
+
+
+@dataclass
+class FinetuneResult:
+    task: str
+    method: str
+    before: dict
+    after: dict
+    trainable: int
+    total: int
+    seconds: float
+    best_step: int | None
+    examples: list = field(default_factory=list)   # (source, before, after) triples for generation
+
+
+def finetune(task: str, peft_config, model_name: str | None = None, steps: int = 300, batch_size: int = 16,
+             lr: float | None = None, train_size: int | None = None, eval_size: int = 100,
+             eval_every: int = 100, patience: int | None = None, out_dir: str | None = None,
+             seed: int = 0, progress: bool = True, show: int = 0, verbose: bool = True) -> FinetuneResult:
+    """Fine-tune a shipped model on `task` with `peft_config`; keep and save the best adapter."""
+    from .data.tokenizer import load_default
+    from .peft import apply
+    from .peft.api import method_of
+    if task not in GEN_TASKS + CLS_TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {GEN_TASKS + CLS_TASKS}")
+    method = method_of(peft_config)
+    backend.manual_seed(seed)
+    tok = load_default()
+    is_cls = task in CLS_TASKS
+    model = load_pretrained(model_name or ("bert-m" if is_cls else "gpt2-m"), n_labels=2 if is_cls else 0)
+    train = load_task(task, "train")[:train_size]
+    dev = load_task(task, "dev")[:eval_size]
+    pm = apply(model, peft_config)
+    lr = lr if lr is not None else DEFAULT_LR.get(peft_config.method, 1e-3)
+    n_ctx = model.config.n_ctx
+
+    if is_cls:
+        batches = cls_batches(tok, train, batch_size, n_ctx, seed)
+        loss_fn, select = cls_loss, "accuracy"
+        evaluate = lambda m: evaluate_classification(m, tok, dev, n_ctx)  # noqa: E731
+    else:
+        batches = seq2seq_batches(tok, train, batch_size, n_ctx, seed)
+        loss_fn, select = lm_loss, "bleu"
+        dev_pairs = [Seq2SeqExample(e.source, e.refs[:1]) for e in dev]
+        held = [next(seq2seq_batches(tok, dev_pairs[i:i + batch_size], min(batch_size, len(dev_pairs[i:i + batch_size])),
+                                     n_ctx, seed=1)) for i in range(0, len(dev_pairs), batch_size)]
+
+        def evaluate(m):
+            r = evaluate_generation(m, tok, dev)
+            r["loss"] = dev_loss(m, held)
+            return r
+
+    t0 = time.perf_counter()
+    pm.eval()
+    with no_grad():
+        before = evaluate(pm)
+    if verbose:
+        pm.print_trainable_parameters()
+        print(f"before: " + _fmt(before))
+    out_dir = out_dir or os.path.join("runs", f"{task}-{peft_config.method}")
+    os.makedirs(out_dir, exist_ok=True)
+
+    def keep_best(step, metrics):
+        pm.save_pretrained(out_dir)
+
+    hist = fit(pm, loss_fn, batches, steps=steps, lr=lr, warmup=min(30, steps // 10), schedule="linear",
+               eval_fn=lambda m: {k: v for k, v in evaluate(m).items() if k != "outputs"},
+               eval_every=eval_every, select=select, mode="max", patience=patience, on_best=keep_best,
+               log_path=os.path.join(out_dir, "log.jsonl"), progress=progress, desc=f"{task} {peft_config.method}")
+    # reload the best adapter (the last step is not necessarily the best)
+    if hist.best is not None and hist.best["step"] != steps and peft_config.method not in ("full", "bitfit"):
+        from .peft import PeftModel
+        model = load_pretrained(model_name or ("bert-m" if is_cls else "gpt2-m"), n_labels=2 if is_cls else 0)
+        pm = PeftModel.from_pretrained(model, out_dir)
+    pm.eval()
+    with no_grad():
+        after = evaluate(pm)
+    s = pm.trainable_summary() if pm.peft_config else {"trainable": 0, "total": pm.num_parameters()}
+    summary = {k: v for k, v in after.items() if k != "outputs"}
+    with open(os.path.join(out_dir, "result.json"), "w", encoding="utf-8") as f:
+        json.dump({"task": task, "method": peft_config.method, "before": {k: v for k, v in before.items() if k != "outputs"},
+                   "after": summary, "best": hist.best, "seconds": time.perf_counter() - t0}, f, indent=1)
+    if verbose:
+        print(f"after:  " + _fmt(after))
+    examples = []
+    if not is_cls:
+        examples = [(dev[i].source, before["outputs"][i], after["outputs"][i]) for i in range(min(show, len(dev)))]
+    return FinetuneResult(task, peft_config.method, before, after, s["trainable"], s["total"],
+                          time.perf_counter() - t0, hist.best["step"] if hist.best else None, examples)
+
+
+def _fmt(metrics: dict) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+
+
+def config_from_args(a):
+    """A PEFT config from the `minipeft finetune` options."""
+    from . import peft
+    m = a.method
+    if m == "lora":
+        return peft.LoraConfig(r=a.r, lora_alpha=a.alpha, target_modules=tuple(a.targets.split(",")),
+                               modules_to_save=("cls_head",) if a.task in CLS_TASKS else ())
+    heads = ("cls_head",) if a.task in CLS_TASKS else ()
+    if m == "adapter":
+        return peft.AdapterConfig(size=a.size, placement=a.placement, modules_to_save=heads)
+    if m == "bitfit":
+        return peft.BitFitConfig(modules_to_save=heads)
+    if m == "full":
+        return peft.FullConfig()
+    if m == "prefix":
+        return peft.PrefixConfig(num_virtual_tokens=a.length, modules_to_save=heads)
+    if m == "prompt":
+        return peft.PromptConfig(num_virtual_tokens=a.length, modules_to_save=heads)
+    raise ValueError(f"unknown --method {m!r}; choose one of full, bitfit, lora, adapter, prefix, prompt")
+
+
+def finetune_cli(a) -> None:
+    cfg = config_from_args(a)
+    res = finetune(a.task, cfg, a.model, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
+                   train_size=a.train_size, eval_size=a.eval_size, eval_every=a.eval_every,
+                   patience=a.patience, out_dir=a.out, seed=a.seed, progress=not a.quiet, show=3)
+    for src, b, c in res.examples:
+        print(f"\n{src}\n  before: {b}\n  after:  {c}")
