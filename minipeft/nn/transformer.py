@@ -243,9 +243,12 @@ class Transformer(Module):
         B, T = h.shape[0], h.shape[1]
         if attention_mask is None:
             return h[:, T - 1]
+        xp = backend.xp
         mask = backend.to_device(attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask)
-        last = mask.sum(axis=1).astype(backend.int64) - 1 + (T - mask.shape[1])  # (B,) index of last real token
-        return h[backend.xp.arange(B), last]
+        Tm = mask.shape[1]
+        # (B,) index of the last real token: the largest j with mask[j] != 0 (right or left padding)
+        last = ((mask != 0) * xp.arange(1, Tm + 1)).max(axis=1).astype(backend.int64) - 1 + (T - Tm)
+        return h[xp.arange(B), last]
 
     def classify(self, ids, attention_mask=None, token_type_ids=None, **kw):
         """(B, T) ids -> (B, n_labels) logits of the classification head."""
