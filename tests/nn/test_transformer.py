@@ -315,17 +315,21 @@ def test_padding_does_not_affect_real_tokens(backend, arch):
         assert leak > 1e-4, f"bert without a mask should see the pads (diff {leak})"
 
 
-def test_gpt2_classifier_pools_the_last_real_token(backend):
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_gpt2_classifier_pools_the_last_real_token(backend, side):
     model = build("gpt2", n_labels=2)
-    ids = ids_of(2, 6)
-    mask = numpy.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    ids = ids_of(3, 6)
+    mask = numpy.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0]])
+    lasts = [3, 5, 1]
+    if side == "left":                                      # the tokenizer offers padding_side="left"
+        mask, lasts = mask[:, ::-1].copy(), [5, 5, 5]
     h = model.encode(ids, attention_mask=mask)
     expected = np_(model.cls_head(h))                       # (B, T, n_labels): head at every position
     got = np_(model.classify(ids, attention_mask=mask))
-    for i, last in enumerate([3, 5]):
+    for i, last in enumerate(lasts):
         err = numpy.abs(got[i] - expected[i, last]).max()
-        assert err < 1e-6, f"row {i}: classify should use position {last}, differs by {err}"
-    assert numpy.abs(got[0] - expected[0, 5]).max() > 1e-6, "row 0 must not pool a padding position"
+        others = [j for j in range(6) if numpy.abs(got[i] - expected[i, j]).max() < 1e-6]
+        assert err < 1e-6, f"{side} padding, row {i}: classify should pool position {last}, pooled {others}"
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "bert"])
