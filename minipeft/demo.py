@@ -1,0 +1,47 @@
+"""`make demo`: LoRA fine-tuning of the shipped decoder on table-to-text, with a before/after.
+
+1. load data/checkpoints/gpt2-m (pretrained on the synthetic world's corpus; it has never seen
+   the `name : ... | food : ...` input format),
+2. print its outputs for a few dev meaning representations and its dev BLEU,
+3. wrap it with LoRA (r=8, alpha=16 on q and v; everything else frozen) and train on E2E,
+4. print the trainable-parameter report, the dev BLEU after, the same examples' new outputs,
+5. save the adapter (adapter_config.json + adapter_model.safetensors) to runs/demo-lora.
+
+About 2-3 minutes on a 2-core CPU. Options: python -m minipeft.demo --steps N --eval-size N.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--eval-size", type=int, default=60)
+    ap.add_argument("--out", default=os.path.join("runs", "demo-lora"))
+    ap.add_argument("--backend", default="numpy")
+    a = ap.parse_args(argv)
+
+    from . import use
+    from .peft import LoraConfig
+    from .tasks import finetune
+    use(a.backend)
+    t0 = time.perf_counter()
+    print("minipeft demo: LoRA on table-to-text (E2E format) with the shipped gpt2-m decoder\n")
+    res = finetune("e2e", LoraConfig(r=8, lora_alpha=16, target_modules=("q", "v")), "gpt2-m",
+                   steps=a.steps, batch_size=16, eval_size=a.eval_size, eval_every=max(a.steps // 2, 1),
+                   out_dir=a.out, show=3)
+    print("\nThe same dev inputs, before and after fine-tuning:")
+    for src, before, after in res.examples:
+        print(f"\n  input:  {src}\n  before: {before[:160]}\n  after:  {after[:160]}")
+    print(f"\ndev BLEU {res.before['bleu']:.1f} -> {res.after['bleu']:.1f}, ROUGE-L "
+          f"{res.before['rouge_l']:.3f} -> {res.after['rouge_l']:.3f}, training "
+          f"{res.trainable:,} of {res.total:,} parameters ({100 * res.trainable / res.total:.2f}%)")
+    print(f"adapter saved in {a.out}/ (adapter_config.json, adapter_model.safetensors); "
+          f"total time {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
