@@ -45,6 +45,10 @@ def gradcheck(f, *inputs: Tensor, h: float = 1e-6, rtol: float = 1e-5, atol: flo
             raise ValueError(f"gradcheck needs float64 inputs (float32 differences are too noisy), got "
                              f"{t.dtype}; create them with dtype='float64' or inside "
                              f"backend.default_dtype_as('float64')")
+    for t in targets:
+        # the check perturbs each input through a flat view, which only a contiguous array has
+        # (a transposed input would be perturbed in a copy, and every numerical gradient read 0)
+        t.data = backend.xp.ascontiguousarray(t.data)
     gen = hostnp.random.default_rng(seed)
     out = f(*inputs)
     if not isinstance(out, Tensor):
