@@ -140,3 +140,13 @@ def test_gradcheck_skips_inputs_without_requires_grad(backend, rand):
     a, w = rand(3, 4), rand(3, 4, requires_grad=False)
     assert isinstance(w, Tensor)
     gradcheck(lambda a, w: WrongSquare.apply(w) * a, a, w)  # w's wrong backward is never needed
+
+
+def test_gradcheck_handles_non_contiguous_inputs(backend):
+    # a transposed array: perturbing it through a flat copy would leave the input unchanged
+    a = numpy.random.default_rng(0).normal(size=(4, 3))
+    x = Tensor(backend.to_device(a).T, requires_grad=True)
+    gradcheck(ops.tanh, x)
+    numpy.testing.assert_array_equal(backend.to_numpy(x.data), a.T)
+    with pytest.raises(GradcheckError):
+        gradcheck(WrongSquare.apply, Tensor(backend.to_device(a).T, requires_grad=True))
