@@ -52,6 +52,8 @@ def is_grad_enabled() -> bool:
 class Context:
     """What a Function's forward leaves for its backward."""
 
+    freed = False   # set on the placeholder that replaces a context after backward()
+
     def __init__(self, needs_input_grad):
         self.needs_input_grad = needs_input_grad  # tuple of bool, one per positional input
         self.saved = ()
@@ -85,6 +87,10 @@ class Function:
             ctx.fn, ctx.inputs = cls, args
             result._ctx = ctx
         return result
+
+
+_FREED = Context(())
+_FREED.freed = True   # the graph below a tensor was freed by backward(): a second pass is an error
 
 
 def _to_array(data, dtype=None):
@@ -182,6 +188,8 @@ class Tensor:
             raise RuntimeError("backward() called on a tensor that does not require grad: no input "
                                "of the computation had requires_grad=True (are all parameters frozen?)")
         xp = backend.xp
+        if self._ctx is _FREED:
+            raise RuntimeError(_FREED_MSG)
         if grad is None:
             if self.data.size != 1:
                 raise RuntimeError(f"backward() without a gradient needs a scalar output, got shape "
@@ -204,6 +212,8 @@ class Tensor:
                 continue
             seen.add(id(t))
             stack.append((t, True))
+            if t._ctx is _FREED:
+                raise RuntimeError(_FREED_MSG)
             if t._ctx is not None:
                 for p in t._ctx.inputs:
                     if isinstance(p, Tensor) and p.requires_grad and id(p) not in seen:
@@ -232,7 +242,7 @@ class Tensor:
                 prev = grads.get(id(p))
                 grads[id(p)] = pg if prev is None else prev + pg
             if not retain_graph:
-                t._ctx = None  # free the saved activations
+                t._ctx = _FREED  # free the saved activations
 
     # ------------------------------------------------------------------ operators (defined in ops)
     def __add__(self, o): return ops.add(self, o)
@@ -269,5 +279,8 @@ def tensor(data, requires_grad: bool = False, dtype=None) -> Tensor:
     """Make a Tensor on the current backend (Python floats become the default dtype)."""
     return Tensor(data, requires_grad=requires_grad, dtype=dtype)
 
+
+_FREED_MSG = ("backward() through a graph that an earlier backward() already freed; call the first "
+              "backward(retain_graph=True) if you need to go through the same graph twice")
 
 from . import ops  # noqa: E402  (ops needs Tensor and Function, defined above)

@@ -47,7 +47,19 @@ def test_without_retain_graph_the_saved_activations_are_freed(backend, rand):
     y = h.sum()
     assert h._ctx is not None
     y.backward()
-    assert h._ctx is None and y._ctx is None, "backward should drop the graph (and its activations)"
+    for t in (h, y):
+        assert t._ctx is None or t._ctx.saved == (), "backward should drop the graph (and its activations)"
+
+
+def test_a_second_backward_through_a_freed_graph_is_an_error(backend, rand):
+    x = rand(3)
+    z = x * 3.0
+    a, b = z.sum(), (z * z).sum()
+    a.backward()
+    with pytest.raises(RuntimeError, match="retain_graph=True"):
+        b.backward()                      # z's graph was freed by a.backward()
+    with pytest.raises(RuntimeError, match="retain_graph=True"):
+        a.backward()
 
 
 def test_tensor_used_twice_gets_the_sum_of_both_paths(backend, rand):
