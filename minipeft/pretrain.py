@@ -40,13 +40,14 @@ PRESETS = {
 
 
 def token_stream(tokenizer, path: str):
-    """The corpus as one host int32 array: documents (blank-line separated) each followed by <eos>."""
+    """The corpus as one host int32 array: each document (blank-line separated) as <bos> doc <eos>."""
     hostnp = backend.host()
     with open(path, encoding="utf-8") as f:
         docs = [d.strip() for d in f.read().split("\n\n") if d.strip()]
-    eos = tokenizer.eos_id
+    bos, eos = tokenizer.bos_id, tokenizer.eos_id
     out = []
     for enc in tokenizer.hf.encode_batch(docs, add_special_tokens=False):
+        out.append(bos)
         out.extend(enc.ids)
         out.append(eos)
     return hostnp.asarray(out, dtype=hostnp.int32)
