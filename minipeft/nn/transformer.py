@@ -79,7 +79,9 @@ class SelfAttention(Module):
 
     def forward(self, x, key_mask=None, prefix=None, cache=None):
         """x: (B, T, d). key_mask: (B, T_past + T) 1 = real token. prefix: (k_p, v_p) Tensors
-        (B or 1, H, P, D). cache: dict with "k", "v" arrays (B, H, T_past, D), updated in place."""
+        (B or 1, H, P, D), or (k_p, v_p, start) with start (B or 1, P) ints: the absolute position
+        from which each prefix row is visible (see ops.attention; infix tuning). cache: dict with
+        "k", "v" arrays (B, H, T_past, D), updated in place."""
         B, T, d = x.shape
         H = self.n_head
         D = d // H
@@ -93,8 +95,9 @@ class SelfAttention(Module):
                 k = Tensor(backend.xp.concatenate([cache["k"], k.data], axis=2))
                 v = Tensor(backend.xp.concatenate([cache["v"], v.data], axis=2))
             cache["k"], cache["v"] = k.data, v.data
-        kp, vp = prefix if prefix is not None else (None, None)
-        y = ops.attention(q, k, v, kp, vp, causal=self.causal, key_mask=key_mask)  # (B, H, T, D)
+        kp, vp, start = (tuple(prefix) + (None,))[:3] if prefix is not None else (None, None, None)
+        y = ops.attention(q, k, v, kp, vp, causal=self.causal, key_mask=key_mask,
+                          prefix_start=start)                                       # (B, H, T, D)
         y = y.permute(0, 2, 1, 3).reshape(B, T, d)                                  # (B, T, d)
         return self.o(y)
 
@@ -203,7 +206,8 @@ class Transformer(Module):
         """The transformer body: (B, T) ids -> hidden states (B, T', d) (after ln_f for gpt2).
 
         attention_mask: (B, T) 1 for real tokens, 0 for padding (with a cache: (B, T_past + T)).
-        prefix: list of n_layer (k_p, v_p) pairs, each (B or 1, H, P, D) (prefix tuning).
+        prefix: list of n_layer (k_p, v_p) pairs, each (B or 1, H, P, D) (prefix tuning), or None
+                for a layer without; a pair may carry a third item, start (B or 1, P) (infix).
         cache:  list of n_layer dicts, filled and extended in place (incremental decoding).
         prompt: (B or 1, P, d) soft prompt prepended to the embeddings (prompt tuning).
         """

@@ -231,10 +231,14 @@ class Attention(Function):
             aligned to the end, so it also works with a key/value cache (Tq < Tk).
     key_mask: (B, Tk) bool/0-1, False/0 = padding key (never attended). Prefix rows are always
             visible: they are the learned "virtual tokens" of prefix tuning.
+    prefix_start: None, or (B or 1, P) integers: the query at absolute position i sees prefix row p
+            only when i >= prefix_start[b, p] (prefix rows take no position themselves). 0 = always
+            visible (a prefix); the source length = an infix between source and target (Li & Liang
+            Table 4); a huge value = never (a padding row when routed prefixes differ in length).
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, k_prefix=None, v_prefix=None, causal=True, key_mask=None):
+    def forward(ctx, q, k, v, k_prefix=None, v_prefix=None, causal=True, key_mask=None, prefix_start=None):
         xp = backend.xp
         B, H, Tq, D = q.shape
         Tk = k.shape[2]
@@ -245,8 +249,9 @@ class Attention(Function):
             k = xp.concatenate([kp, k], axis=2)
             v = xp.concatenate([vp, v], axis=2)
         scale = 1.0 / math.sqrt(D)
-        s = backend.matmul(q, k.swapaxes(-1, -2))              # (B, H, Tq, P+Tk)
-        s *= scale
+        # K'^T copied contiguous: OpenBLAS multiplies by a transposed (D, T) operand ~2x slower
+        kt = xp.ascontiguousarray(k.swapaxes(-1, -2))           # (B, H, D, P+Tk)
+        s = backend.matmul(q * scale, kt)                        # (B, H, Tq, P+Tk), scaled on the small side
         mask = None                                              # True = blocked
         grad_scale = scale                                       # dS/d(QK'^T), per row
         if causal:
@@ -256,17 +261,24 @@ class Attention(Function):
         if key_mask is not None:
             pad = ~key_mask.astype(bool)[:, None, None, :]       # (B, 1, 1, Tk)
             mask = pad if mask is None else (mask | pad)
-        if mask is not None:
+        pmask = None                                             # True = prefix row blocked
+        if P and prefix_start is not None:
+            qpos = xp.arange(Tq) + (Tk - Tq)                     # absolute positions of the queries
+            pmask = (qpos[None, :, None] < prefix_start[:, None, :])[:, None]   # (B|1, 1, Tq, P)
+        if mask is not None or pmask is not None:
             if P:
-                mask = xp.concatenate([xp.zeros(mask.shape[:3] + (P,), dtype=bool),
-                                       xp.broadcast_to(mask, mask.shape[:3] + (Tk,))], axis=-1)
-            s[...] = xp.where(mask, s.dtype.type(_NEG), s)
+                mask = xp.zeros((1, 1, 1, Tk), dtype=bool) if mask is None else mask
+                pmask = xp.zeros((1, 1, 1, P), dtype=bool) if pmask is None else pmask
+                lead = tuple(max(a, b) for a, b in zip(mask.shape[:3], pmask.shape[:3]))
+                mask = xp.concatenate([xp.broadcast_to(pmask, lead + (P,)),
+                                       xp.broadcast_to(mask, lead + (Tk,))], axis=-1)
+            xp.copyto(s, s.dtype.type(_NEG), where=mask)         # in place, broadcast over B and H
             # a row with every key blocked has constant scores: nothing flows back through them
             grad_scale = (~mask.all(axis=-1, keepdims=True)) * s.dtype.type(scale)  # (B|1, 1, Tq, 1)
         # A = softmax(S) along the keys, in place
         s -= s.max(axis=-1, keepdims=True)
         xp.exp(s, out=s)
-        s /= s.sum(axis=-1, keepdims=True)
+        s *= 1.0 / s.sum(axis=-1, keepdims=True)                # one division per row, not per entry
         out = backend.matmul(s, v)                               # (B, H, Tq, D)
         ctx.save_for_backward(q, k, v, s, grad_scale, P,
                               None if k_prefix is None else k_prefix.shape)
@@ -285,15 +297,17 @@ class Attention(Function):
             gvp = gv_all[:, :, :P] if need_vp else None
         if need_q or need_k or need_kp:
             # dL/dA = G V'^T;  dL/dS = A * (dL/dA - sum_j A_j dL/dA_j)  (softmax backward)
-            ga = backend.matmul(g, v.swapaxes(-1, -2))           # (B, H, Tq, P+Tk)
+            vt = backend.xp.ascontiguousarray(v.swapaxes(-1, -2))  # (B, H, D, P+Tk), see forward
+            ga = backend.matmul(g, vt)                            # (B, H, Tq, P+Tk)
             gs = ga
-            gs -= (ga * a).sum(axis=-1, keepdims=True)
+            gs -= backend.xp.einsum("...j,...j->...", ga, a)[..., None]  # row dot products, no temporary
             gs *= a
-            gs *= scale                                          # through S = Q K'^T * scale (0 on fully masked rows)
+            # through S = (Q scale) K'^T: the scale (0 on fully masked rows) goes on the small side
             if need_q:
-                gq = backend.matmul(gs, k)                        # dL/dQ = dL/dS K'
+                gq = backend.matmul(gs, k)                        # dL/dQ = dL/dS K' scale
+                gq *= scale
             if need_k or need_kp:
-                gk_all = backend.matmul(gs.swapaxes(-1, -2), q)   # dL/dK' = dL/dS^T Q
+                gk_all = backend.matmul(gs.swapaxes(-1, -2), q * scale)  # dL/dK' = dL/dS^T Q scale
                 gk = gk_all[:, :, P:] if need_k else None
                 gkp = gk_all[:, :, :P] if need_kp else None
         # a prefix shared by the whole batch (leading dim 1) sums its gradient over the batch
@@ -304,7 +318,7 @@ class Attention(Function):
         return gq, gk, gv, gkp, gvp
 
 
-def attention(q, k, v, k_prefix=None, v_prefix=None, causal=True, key_mask=None):
+def attention(q, k, v, k_prefix=None, v_prefix=None, causal=True, key_mask=None, prefix_start=None):
     if isinstance(key_mask, Tensor):
         key_mask = key_mask.data
     if key_mask is not None:
@@ -313,4 +327,10 @@ def attention(q, k, v, k_prefix=None, v_prefix=None, causal=True, key_mask=None)
         raise ValueError("attention: give both k_prefix and v_prefix, or neither")
     if k_prefix is None:
         return Attention.apply(q, k, v, causal=causal, key_mask=key_mask)
-    return Attention.apply(q, k, v, k_prefix, v_prefix, causal=causal, key_mask=key_mask)
+    if prefix_start is not None:
+        prefix_start = backend.to_device(prefix_start)
+        if prefix_start.ndim != 2 or prefix_start.shape[1] != k_prefix.shape[2]:
+            raise ValueError(f"attention: prefix_start has shape {tuple(prefix_start.shape)}; expected "
+                             f"(B or 1, P={k_prefix.shape[2]}), one start position per prefix row")
+    return Attention.apply(q, k, v, k_prefix, v_prefix, causal=causal, key_mask=key_mask,
+                           prefix_start=prefix_start)
