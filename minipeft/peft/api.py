@@ -19,8 +19,9 @@ How methods plug in (each method is one file; this file knows them only through 
   (adapter name, rows) pairs that PeftModel sets before each forward: rows=None means every
   sample of the batch, otherwise a host integer array of the samples that use that adapter.
 - Methods that act on the inputs of attention (prefix tuning) or on the input embeddings (prompt
-  tuning) implement `encode_inputs(pm, route, batch_size) -> dict` of extra keyword arguments
-  for `Transformer.encode` (`prefix=...`, `prompt=...`).
+  tuning) implement `encode_inputs(pm, route, batch_size, ids=None, cache=None) -> dict` of
+  extra keyword arguments for `Transformer.encode` (`prefix=...`, `prompt=...`); ids and cache
+  are those of the call (an infix finds its position in the ids and keeps it in the cache).
 
 A method module provides: `CONFIG` (its dataclass), `add(pm, name, config)`, `remove(pm, name)`
 (optional), `formula(model_config, config) -> dict(trainable=..., kept=...)`, and optionally
@@ -243,11 +244,11 @@ class PeftModel(Module):
             for m in layers:
                 m.route = []
 
-    def _encode_kwargs(self, route, batch_size):
+    def _encode_kwargs(self, route, batch_size, ids=None, cache=None):
         kw = {}
         for method in {method_of(self.peft_config[n]) for n, _ in route}:
             if hasattr(method, "encode_inputs"):
-                for k, v in method.encode_inputs(self, route, batch_size).items():
+                for k, v in method.encode_inputs(self, route, batch_size, ids=ids, cache=cache).items():
                     if k in kw:
                         raise ValueError(f"two active methods both provide {k!r}; activate one of them")
                     kw[k] = v
@@ -262,7 +263,7 @@ class PeftModel(Module):
         """
         B, T = len(ids), len(ids[0])
         with self._routing(adapter_names, B) as route:
-            kw = self._encode_kwargs(route, B)
+            kw = self._encode_kwargs(route, B, ids=ids, cache=cache)
             if prefix is not None:
                 kw["prefix"] = prefix if "prefix" not in kw else \
                     [(ops.concat([a, c], axis=2), ops.concat([b, d], axis=2)) for (a, b), (c, d) in zip(prefix, kw["prefix"])]
@@ -295,7 +296,7 @@ class PeftModel(Module):
             raise ValueError("the base model has no classification head: build it with n_labels > 0")
         B = len(ids)
         with self._routing(adapter_names, B) as route:
-            kw = self._encode_kwargs(route, B)
+            kw = self._encode_kwargs(route, B, ids=ids)
             h = self.model.encode(ids, attention_mask, token_type_ids, **kw)
             T = len(ids[0])
             if h.shape[1] > T:                   # drop soft-prompt positions
