@@ -181,3 +181,14 @@ def unload(pm, name: str) -> None:
             del m.lora_A[name], m.lora_B[name]
             if not m.lora_A.keys():
                 pm.model.set_submodule(path, m.base_layer)
+
+
+def remove(pm, name: str) -> None:
+    """delete_adapter: unmerge it if it was merged, drop its A and B, put the plain Linear back
+    where no LoRA adapter is left, and drop its task-head copies (modules_to_save)."""
+    unmerge(pm, name)
+    for layer in _layers(pm, name):
+        layer.scaling.pop(name, None)
+        layer.dropout.pop(name, None)
+    unload(pm, name)
+    pm._remove_generic(name)
