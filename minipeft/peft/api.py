@@ -342,13 +342,16 @@ class PeftModel(Module):
         return self._owned_parameters(name)
 
     def _owned_parameters(self, name: str) -> dict:
-        """Parameters that exist only because of adapter `name` (its segment is in their path)."""
-        out = {}
-        for path, p in self.named_parameters():
-            parts = path.split(".")
-            if name in parts[:-1]:
-                i = parts.index(name)
-                out[".".join(parts[:i] + parts[i + 1:])] = p
+        """Parameters that exist only because of adapter `name`: those under the entry `name` of a
+        ModuleDict, keyed by their path without that segment. (Matching the segment anywhere in the
+        path would also take base weights when an adapter is named like a module: "v", "q", "h".)"""
+        out, seen = {}, set()
+        for path, mod in self.named_modules():
+            if isinstance(mod, ModuleDict) and name in mod:
+                for sub, p in mod[name].named_parameters():
+                    if id(p) not in seen:
+                        seen.add(id(p))
+                        out[f"{path}.{sub}"] = p
         return out
 
     def trainable_summary(self) -> dict:

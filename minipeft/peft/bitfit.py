@@ -62,11 +62,7 @@ def add(pm, name: str, cfg: BitFitConfig) -> None:
 def state(pm, name: str) -> dict:
     cfg = pm.peft_config.get(name, BitFitConfig())
     out = {f"base_model.model.{path}": p for path, p in _trained(pm, cfg)}
-    for path, p in pm.named_parameters():           # the task-head copies of this adapter
-        parts = path.split(".")
-        if "modules_to_save" in parts and name in parts:
-            i = parts.index(name)
-            out[".".join(parts[:i] + parts[i + 1:])] = p
+    out.update(pm._owned_parameters(name))          # the task-head copies of this adapter
     return out
 
 
