@@ -344,10 +344,15 @@ class PeftModel(Module):
     def _owned_parameters(self, name: str) -> dict:
         """Parameters that exist only because of adapter `name`: those under the entry `name` of a
         ModuleDict, keyed by their path without that segment. (Matching the segment anywhere in the
-        path would also take base weights when an adapter is named like a module: "v", "q", "h".)"""
+        path would also take base weights when an adapter is named like a module: "v", "q", "h".)
+        A task-head copy is keyed like the head itself (`base_model.model.cls_head.weight`), as
+        Hugging Face peft saves modules_to_save."""
         out, seen = {}, set()
         for path, mod in self.named_modules():
             if isinstance(mod, ModuleDict) and name in mod:
+                head = path.removesuffix(".modules_to_save")
+                if head != path and isinstance(self.get_submodule(head), ModulesToSave):
+                    path = head
                 for sub, p in mod[name].named_parameters():
                     if id(p) not in seen:
                         seen.add(id(p))
