@@ -318,12 +318,21 @@ class PeftModel(Module):
             method_of(self.peft_config[n]).unmerge(self, n)
 
     def merge_and_unload(self):
-        """Merge the active adapters and return the plain base model (now carrying them)."""
+        """Merge the active adapters and return the plain base model (now carrying them). A task
+        head of modules_to_save is replaced by the active adapter's trained copy, as in HF peft."""
+        heads = [(path, mod) for path, mod in self.model.named_modules() if isinstance(mod, ModulesToSave)]
+        for path, mod in heads:
+            if sum(n in mod.modules_to_save for n in self.active_adapters) > 1:
+                raise ValueError(f"active adapters {self.active_adapters} each carry their own copy of {path!r}; "
+                                 f"set_adapter(one of them) before merge_and_unload()")
         self.merge_adapter()
         for n in list(self.peft_config):
             m = method_of(self.peft_config[n])
             if hasattr(m, "unload"):
                 m.unload(self, n)
+        for path, mod in heads:
+            copies = [mod.modules_to_save[n] for n in self.active_adapters if n in mod.modules_to_save]
+            self.model.set_submodule(path, copies[0] if copies else mod.original_module)
         return self.model
 
     def _names(self, names):
