@@ -156,15 +156,20 @@ class PeftModel(Module):
                              f"other adapters (present: {sorted(others)})")
         for path in getattr(config, "modules_to_save", ()) or ():
             self._check_head_path(path)
-        method.add(self, name, config)
-        for path in getattr(config, "modules_to_save", ()) or ():
-            holder = self.model.get_submodule(path)
-            if not isinstance(holder, ModulesToSave):
-                holder = ModulesToSave(holder)
-                self.model.set_submodule(path, holder)
-            head = copy_module(holder.original_module)
-            head.requires_grad_(True)
-            holder.modules_to_save[name] = head
+        flags = self._grad_flags()
+        try:
+            method.add(self, name, config)
+            for path in getattr(config, "modules_to_save", ()) or ():
+                holder = self.model.get_submodule(path)
+                if not isinstance(holder, ModulesToSave):
+                    holder = ModulesToSave(holder)
+                    self.model.set_submodule(path, holder)
+                head = copy_module(holder.original_module)
+                head.requires_grad_(True)
+                holder.modules_to_save[name] = head
+        except Exception:
+            self._discard(name, method, flags)   # a failed add leaves no stray (trainable) parameters
+            raise
         self.peft_config[name] = config
         if not self.active_adapters:
             self.active_adapters = [name]
@@ -184,6 +189,25 @@ class PeftModel(Module):
         else:
             self._remove_generic(name)
         del self.peft_config[name]
+        self.active_adapters = [n for n in self.active_adapters if n != name]
+
+    def _grad_flags(self) -> dict:
+        return {id(p): p.requires_grad for p in self.parameters()}
+
+    def _discard(self, name: str, method, flags: dict) -> None:
+        """Undo a failed add_adapter/load_adapter of `name`: remove what it added, restore every
+        requires_grad flag, free the name. Never raises (the caller re-raises the first error)."""
+        try:
+            if hasattr(method, "remove") and not getattr(method, "EXCLUSIVE", False):
+                method.remove(self, name)
+            else:
+                self._remove_generic(name)
+        except Exception:
+            pass
+        for p in self.parameters():
+            if id(p) in flags:
+                p.requires_grad = flags[id(p)]
+        self.peft_config.pop(name, None)
         self.active_adapters = [n for n in self.active_adapters if n != name]
 
     def _remove_generic(self, name: str) -> None:
@@ -430,16 +454,21 @@ class PeftModel(Module):
         if diffs:
             raise ValueError(f"adapter in {directory!r} was trained on a different model: "
                              + ", ".join(f"{k}={base[k]} (this model: {mine.get(k)})" for k in diffs))
-        self.add_adapter(name, config)
-        state = load_state_dict_file(os.path.join(directory, ADAPTER_WEIGHTS))
-        params = self.adapter_parameters(name)
-        check_state_dict({k: (tuple(p.shape), str(p.dtype)) for k, p in params.items()}, state)
+        state = load_state_dict_file(os.path.join(directory, ADAPTER_WEIGHTS))   # a bad file changes nothing
         m = method_of(config)
-        if hasattr(m, "load_state"):
-            m.load_state(self, name, state)
-        else:
-            for k, p in params.items():
-                p.data = backend.to_device(state[k], dtype=p.dtype).copy()
+        flags = self._grad_flags()
+        self.add_adapter(name, config)
+        try:
+            params = self.adapter_parameters(name)
+            check_state_dict({k: (tuple(p.shape), str(p.dtype)) for k, p in params.items()}, state)
+            if hasattr(m, "load_state"):
+                m.load_state(self, name, state)
+            else:
+                for k, p in params.items():
+                    p.data = backend.to_device(state[k], dtype=p.dtype).copy()
+        except Exception:
+            self._discard(name, m, flags)        # no half-loaded adapter with random weights stays behind
+            raise
         for p in self.adapter_parameters(name).values():
             p.requires_grad = is_trainable
 
