@@ -154,6 +154,11 @@ class PeftModel(Module):
         if getattr(method, "EXCLUSIVE", False) and self.peft_config:
             raise ValueError(f"{type(config).__name__} changes the base weights and cannot share a model with "
                              f"other adapters (present: {sorted(others)})")
+        fixed = [n for n, c in self.peft_config.items() if getattr(method_of(c), "EXCLUSIVE", False)]
+        if fixed:   # its weights act on every sample, whatever adapter is set or routed
+            raise ValueError(f"adapter {fixed[0]!r} ({type(self.peft_config[fixed[0]]).__name__}) changed the base "
+                             f"weights in place; no other adapter can share the model (it could not be switched "
+                             f"off for them). Apply {type(config).__name__} to a fresh copy of the base model")
         for path in getattr(config, "modules_to_save", ()) or ():
             self._check_head_path(path)
         flags = self._grad_flags()
