@@ -104,7 +104,8 @@ class PrefixEncoder(Module):
         self.transform_out = Linear(mid, width)                # W2, b2  (2 n_layer d, mid)
 
     def forward(self):
-        return self.transform_out(ops.tanh(self.transform_in(self.embedding.weight)))   # (P, 2Ld)
+        h = ops.tanh(self.transform_in(self.embedding.weight))       # tanh(W1 P' + b1)   (P, mid)
+        return self.transform_out(h)                                  # W2 h + b2          (P, 2Ld)
 
 
 class PrefixActivations(Module):
@@ -219,11 +220,11 @@ def encode_inputs(pm, route, batch_size: int, ids=None, cache=None) -> dict:
         if not have:
             out.append(None)
         elif all(r is None for _, r in mine):        # active adapters: concatenate along P
-            k = ops.concat([kv[n][l][0] for n in have], axis=2) if len(have) > 1 else kv[have[0]][l][0]
-            v = ops.concat([kv[n][l][1] for n in have], axis=2) if len(have) > 1 else kv[have[0]][l][1]
-            s = [starts[n] for n in have]
-            start = hostnp.concatenate([hostnp.broadcast_to(a, (max(len(b) for b in s), a.shape[1]))
-                                        for a in s], axis=1)
+            k = ops.concat([kv[n][l][0] for n in have], axis=2)                      # (1, H, sum P, D)
+            v = ops.concat([kv[n][l][1] for n in have], axis=2)
+            rows = max(len(starts[n]) for n in have)                                 # 1, or B for an infix
+            start = hostnp.concatenate([hostnp.broadcast_to(starts[n], (rows, starts[n].shape[1]))
+                                        for n in have], axis=1)                      # (1 or B, sum P)
             out.append((k, v) if not start.any() else (k, v, start))
         else:                                        # per sample: gather each sample's rows
             out.append(_gather(pm, mine, kv, starts, l, batch_size))
