@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, asdict, field
 
 from .. import backend, ops
-from ..autograd import Tensor
+from ..autograd import Tensor, is_grad_enabled
 from .layers import Dropout, Embedding, LayerNorm, Linear
 from .module import Module, ModuleList, Parameter
 
@@ -91,6 +91,9 @@ class SelfAttention(Module):
 
         q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
         if cache is not None:  # generation: keys/values of earlier tokens come from the cache
+            if is_grad_enabled() and (x.requires_grad or k.requires_grad):
+                raise RuntimeError("the key/value cache stores plain arrays (no gradient flows into "
+                                   "them): use it for generation, inside `with minipeft.no_grad():`")
             if "k" in cache:
                 k = Tensor(backend.xp.concatenate([cache["k"], k.data], axis=2))
                 v = Tensor(backend.xp.concatenate([cache["v"], v.data], axis=2))
