@@ -78,6 +78,7 @@ class _Writer:
 
     def __init__(self, world: World, rng: random.Random):
         self.w, self.r = world, rng
+        self.lexicon: list[tuple[str, str]] = []   # pairs not yet used in this pass
 
     # -- venues --------------------------------------------------------------------------------
     def venue(self, v: Entity) -> str:
@@ -334,8 +335,13 @@ class _Writer:
                  "The French for {en} is {fr}.")
         head = r.choice(("A short French lesson.", "Learning French words.",
                          "Words for a trip to France.", "French vocabulary."))
-        lines = [r.choice(forms).format(en=en, fr=fr) for en, fr in
-                 r.sample(LEXICON, r.randint(3, 6))]
+        if len(self.lexicon) < 6:              # go through the whole lexicon, then again
+            more = list(LEXICON)
+            r.shuffle(more)
+            self.lexicon += more
+        k = r.randint(3, 6)
+        pairs, self.lexicon = self.lexicon[:k], self.lexicon[k:]
+        lines = [r.choice(forms).format(en=en, fr=fr) for en, fr in pairs]
         return head + " " + " ".join(x[:1].upper() + x[1:] for x in lines)
 
 

@@ -189,7 +189,8 @@ All corpora and tasks describe one synthetic **world** (`minipeft/data/world.py`
 Millbrook with {venues} restaurants, pubs and coffee shops, {people} people, {cities} cities in {countries}
 invented countries, and airports, buildings, monuments, teams, universities, companies, books,
 films, comic characters, asteroids and vehicles. Names are invented, so whatever a model knows about
-them it learned from `pretrain/`. Facts never disagree between files.
+them it learned from `pretrain/`. Every description, reference, premise and review states the
+world's true facts (only MNLI hypotheses are, by design, sometimes false).
 
 ## Files
 
