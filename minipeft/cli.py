@@ -48,8 +48,12 @@ def count_params(arch: str, method: str, r: int = 8, targets: str = "q,v", size:
     f = module.formula(cfg, mcfg, mlm_head=False) if in_place else module.formula(cfg, mcfg)
     added = 0 if in_place else f["kept"]
     total = base + added
+    # HF's "all params" is counted on the model being trained: an add-on method's trainable
+    # parameters are all in it (for prefix tuning, the MLP that `eject` later replaces by `kept`).
+    total_training = base + (0 if in_place else f["trainable"])
     out = {"arch": arch, "method": method, "trainable": f["trainable"], "kept": f["kept"], "base": base,
-           "total": total, "trainable_pct": 100.0 * f["trainable"] / total,
+           "total": total, "total_training": total_training,
+           "trainable_pct": 100.0 * f["trainable"] / total_training,
            "pct_of_base": 100.0 * f["trainable"] / base,
            "optimizer_state_bytes_fp32": 8 * f["trainable"]}
     for k in ("biases", "layernorm_gains"):
@@ -64,8 +68,11 @@ def _cmd_count(a):
     if a.json:
         print(json.dumps(res))
     else:
-        print(f"{res['arch']} + {res['method']}: trainable params: {res['trainable']:,} || all params: "
-              f"{res['total']:,} || trainable%: {res.get('trainable_pct', 0):.4f}")
+        line = (f"{res['arch']} + {res['method']}: trainable params: {res['trainable']:,} || all params: "
+                f"{res.get('total_training', res['total']):,} || trainable%: {res.get('trainable_pct', 0):.4f}")
+        if res.get("kept", res["trainable"]) != res["trainable"]:
+            line += f" || kept after training: {res['kept']:,} (all params then: {res['total']:,})"
+        print(line)
 
 
 # ----------------------------------------------------------------------------- pretrain / eval / generate
