@@ -246,3 +246,34 @@ def test_load_bert_style_tokenizer(tmp_path):
     # naming the token explicitly fixes it
     tok = Tokenizer.from_file(_bert_style(tmp_path), special_tokens={"bos": "[CLS]"})
     assert tok.encode("the", add_bos=True) == [2, 5]
+
+
+# ----------------------------------------------------------------------------- the shipped tokenizer
+
+def test_shipped_tokenizer_vocab_specials_and_compression():
+    from minipeft.data.tokenizer import DEFAULT_PATH, chars_per_token, load_default
+    tok = load_default()
+    assert tok.vocab_size == 2048
+    assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == list(range(7))
+    valid = DEFAULT_PATH.parent / "pretrain" / "valid.txt"
+    lines = [line for line in valid.read_text(encoding="utf-8").splitlines() if line.strip()]
+    sentence = lines[0]
+    ids = tok.encode(sentence)
+    assert len(ids) < len(sentence) / 2.5            # it compresses
+    assert tok.decode(ids) == sentence
+    assert chars_per_token(tok, lines) > 3.5         # 4.24 when it was trained
+
+
+def test_shipped_tokenizer_matches_the_shipped_corpus(tmp_path):
+    """data/tokenizer.json is what training on data/pretrain/train.txt gives; if the corpus is
+    regenerated differently, retrain it (and the checkpoints, whose ids depend on it)."""
+    import json
+
+    from minipeft.data.tokenizer import DEFAULT_PATH
+    train_tokenizer([DEFAULT_PATH.parent / "pretrain" / "train.txt"], vocab_size=2048,
+                    out_path=tmp_path / "t.json")
+    fresh = json.loads((tmp_path / "t.json").read_text(encoding="utf-8"))["model"]
+    shipped = json.loads(DEFAULT_PATH.read_text(encoding="utf-8"))["model"]
+    assert fresh["vocab"] == shipped["vocab"] and fresh["merges"] == shipped["merges"], (
+        "data/tokenizer.json is out of date: run `python -m minipeft.data.tokenizer --train "
+        "data/pretrain/train.txt --vocab-size 2048 --out data/tokenizer.json`")
