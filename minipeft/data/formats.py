@@ -39,7 +39,7 @@ class DataFormatError(ValueError):
         self.message, self.path, self.line = message, path, line
         where = ""
         if path is not None:
-            where = f"{os.fspath(path)} line {line}: " if line is not None else f"{os.fspath(path)}: "
+            where = f"{os.fspath(path)}" + (f" line {line}: " if line is not None else ": ")
         super().__init__(where + message)
 
 
@@ -232,8 +232,15 @@ def read_webnlg_xml(path: str | os.PathLike, lang: str | None = "en") -> list[We
 
     `lang` keeps only `<lex>` elements with that `lang` attribute (a lex without one counts as
     English); `lang=None` keeps all. Entries without any `<lex>` (unreferenced test files) have
-    `lexes == []`.
+    `lexes == []`. A folder is read as all the .xml files under it, in sorted path order (the
+    real train/dev releases are folders such as `train/1triples/Airport.xml`).
     """
+    if os.path.isdir(path):
+        files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs
+                       if f.endswith(".xml"))
+        if not files:
+            raise DataFormatError("folder holds no .xml files", path)
+        return [e for f in files for e in read_webnlg_xml(f, lang)]
     root, lines = _parse_xml(path)
     if root.tag != "benchmark":
         raise DataFormatError(f"expected root element <benchmark>, got <{root.tag}>", path,

@@ -17,23 +17,24 @@ FIRST_F = ("Anna", "Clara", "Elena", "Mira", "Sofia", "Ines", "Lena", "Nadia", "
            "Kara", "Liv", "Mona", "Nina", "Orla", "Paula", "Rhea", "Sara", "Thea", "Ula")
 FIRST_M = ("Adam", "Bruno", "Carl", "Daniel", "Emil", "Felix", "Gustav", "Hugo", "Ivan", "Jonas",
            "Karl", "Leo", "Marco", "Niels", "Oscar", "Paul", "Rafael", "Simon", "Tomas", "Viktor",
-           "Anton", "Boris", "Cyril", "Dario", "Erik", "Frank", "Gideon", "Henrik", "Isaac", "Jakob",
-           "Kasper", "Lars", "Milo", "Nico", "Otto", "Pavel", "Quentin", "Ruben", "Stefan", "Theo",
-           "Umberto", "Walter", "Xavier", "Yuri", "Zeno", "Albert", "Basil", "Cedric", "Dominic",
-           "Edgar")
+           "Anton", "Boris", "Cyril", "Dario", "Erik", "Frank", "Gideon", "Henrik", "Isaac",
+           "Jakob", "Kasper", "Lars", "Milo", "Nico", "Otto", "Pavel", "Quentin", "Ruben", "Stefan",
+           "Theo", "Umberto", "Walter", "Xavier", "Yuri", "Zeno", "Albert", "Basil", "Cedric",
+           "Dominic", "Edgar")
 SURNAMES = ("Abbot", "Ardell", "Barlow", "Bexley", "Calloway", "Carver", "Dalton", "Dunmore",
-            "Ellison", "Everard", "Fairbanks", "Fenwick", "Garnett", "Gilmore", "Halloran", "Hartley",
-            "Ingram", "Irving", "Jessop", "Kendrick", "Kingsley", "Lachlan", "Lindqvist", "Marlowe",
-            "Merrick", "Norcross", "Novak", "Oakley", "Ostrander", "Pemberton", "Prescott", "Quill",
-            "Radford", "Rowan", "Sandoval", "Sinclair", "Talbot", "Thorne", "Underwood", "Vance",
-            "Varga", "Wainwright", "Whitlock", "Yardley", "Zeller", "Ambrose", "Bellamy", "Castell",
-            "Delacroix", "Eastwood", "Forsythe", "Galloway", "Hollis", "Jaskolski", "Keane",
-            "Lovell", "Maddox", "Nightingale", "Orsini", "Pryce", "Quartermain", "Ravel", "Stroud",
-            "Tenbrook", "Ulrich", "Valente", "Weston", "Ashby", "Brennan", "Corwin", "Darrow",
-            "Esposito", "Falk", "Grady", "Holm", "Ivers", "Janssen", "Korver", "Lindahl", "Moreau",
-            "Nyberg", "Olsen", "Petrov", "Rask", "Strand", "Tamm", "Voss", "Wolfe", "Aldana",
-            "Bruckner", "Cole", "Dekker", "Engel", "Fontaine", "Gray", "Haas", "Kowal", "Leclerc",
-            "Mertens", "Nash", "Ortega", "Pike", "Reyes", "Sato", "Tanaka", "Vidal", "Webb", "Young")
+            "Ellison", "Everard", "Fairbanks", "Fenwick", "Garnett", "Gilmore", "Halloran",
+            "Hartley", "Ingram", "Irving", "Jessop", "Kendrick", "Kingsley", "Lachlan", "Lindqvist",
+            "Marlowe", "Merrick", "Norcross", "Novak", "Oakley", "Ostrander", "Pemberton",
+            "Prescott", "Quill", "Radford", "Rowan", "Sandoval", "Sinclair", "Talbot", "Thorne",
+            "Underwood", "Vance", "Varga", "Wainwright", "Whitlock", "Yardley", "Zeller", "Ambrose",
+            "Bellamy", "Castell", "Delacroix", "Eastwood", "Forsythe", "Galloway", "Hollis",
+            "Jaskolski", "Keane", "Lovell", "Maddox", "Nightingale", "Orsini", "Pryce",
+            "Quartermain", "Ravel", "Stroud", "Tenbrook", "Ulrich", "Valente", "Weston", "Ashby",
+            "Brennan", "Corwin", "Darrow", "Esposito", "Falk", "Grady", "Holm", "Ivers", "Janssen",
+            "Korver", "Lindahl", "Moreau", "Nyberg", "Olsen", "Petrov", "Rask", "Strand", "Tamm",
+            "Voss", "Wolfe", "Aldana", "Bruckner", "Cole", "Dekker", "Engel", "Fontaine", "Gray",
+            "Haas", "Kowal", "Leclerc", "Mertens", "Nash", "Ortega", "Pike", "Reyes", "Sato",
+            "Tanaka", "Vidal", "Webb", "Young")
 
 # Countries: (name, demonym, language, currency)
 COUNTRIES = (
@@ -70,8 +71,8 @@ VENUE_NOUN = ("Eagle", "Lion", "Swan", "Fox", "Hare", "Stag", "Anchor", "Lantern
               "Badger", "Teapot", "Spoon", "Barrel", "Wheel", "Sparrow", "Dragon", "Rose", "Harp",
               "Ferry", "Punter", "Wrestlers")
 VENUE_HOUSE = ("Lotus", "Bamboo", "Olive", "Saffron", "Jasmine", "Cedar", "Maple", "Pepper",
-               "Ginger", "Basil", "Tamarind", "Juniper", "Willow", "Harbour", "Orchard", "Rice Boat",
-               "Dumpling", "Curry", "Noodle", "Spice")
+               "Ginger", "Basil", "Tamarind", "Juniper", "Willow", "Harbour", "Orchard",
+               "Rice Boat", "Dumpling", "Curry", "Noodle", "Spice")
 VENUE_CAFE = ("Rouge", "Sol", "Luna", "Verde", "Bella", "Marina", "Soleil", "Aurora", "Paloma",
               "Brio", "Nero", "Alba")
 VENUE_SUFFIX = ("Kitchen", "Bistro", "Grill", "Tavern", "Diner", "Brasserie", "Canteen", "Inn")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import random
 import re
 
-from . import gen_names as N
 from .gen_sentiment import _Review
 from .gen_translation import LEXICON
 from .world import HOME_CITY, Entity, World
@@ -120,9 +119,9 @@ class _Writer:
         # a local news item
         years = 2024 - f["opened"]
         age = f"celebrates {years} years" if years > 1 else "opened only last year"
+        food = "fast food" if f["food"] == "Fast food" else f["food"]
         return " ".join([
-            f"{HOME_CITY} news. {v.name}, the {f['food'] if f['food'] != 'Fast food' else 'fast food'} "
-            f"{f['eatType']} {area}, {age}.",
+            f"{HOME_CITY} news. {v.name}, the {food} {f['eatType']} {area}, {age}.",
             f"Owner {f['owner'].name} said the {f['dish'].name} is still the most popular "
             "dish on the menu.",
             r.choice(RATING[f["customerRating"]]), r.choice(FAMILY[f["familyFriendly"]])])
@@ -350,8 +349,9 @@ def make_pretrain(world: World, seed: int, banned: set[str], train_chars: int = 
     """Train and valid documents, about `train_chars` / `valid_chars` characters each.
 
     Every sentence that contains a sentence of `banned` (the sentences of all dev/test items
-    of all tasks; see `mentions_banned`) is dropped from the documents. Documents are distinct, and valid documents (drawn from a
-    separate random stream) never equal a train document.
+    of all tasks; see `mentions_banned`) is dropped from the documents. Documents are
+    distinct, and valid documents (drawn from a separate random stream) never equal a train
+    document.
     """
     out: dict[str, list[str]] = {}
     seen: set[str] = set()

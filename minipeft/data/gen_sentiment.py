@@ -272,7 +272,8 @@ def _cap(s: str) -> str:
 
 
 def make_sentiment(world: World, seed: int, sizes=(5000, 500, 500), fine: bool = False,
-                   seen: set | None = None, stream: str = "sst") -> dict[str, list[tuple[str, int]]]:
+                   seen: set | None = None, stream: str = "sst"
+                   ) -> dict[str, list[tuple[str, int]]]:
     """Train/dev/test lists of (text, label), exactly balanced.
 
     fine=False: SST-2, labels 0/1 (strong and mild reviews, no neutral ones).

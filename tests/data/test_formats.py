@@ -121,6 +121,18 @@ def test_webnlg_2020_language_filter_and_extra_elements():
     assert len(F.read_webnlg_xml(FIX / "webnlg_2020.xml", lang=None)[0].lexes) == 3
 
 
+def test_webnlg_folder_reads_every_xml_file_in_path_order(tmp_path):
+    # the real train/dev releases are folders: train/1triples/Airport.xml, train/2triples/...
+    for sub, name in (("2triples", "webnlg_2020.xml"), ("1triples", "webnlg_2017.xml")):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / name).write_bytes((FIX / name).read_bytes())
+    entries = F.read_webnlg_xml(tmp_path)
+    assert [e.eid for e in entries] == ["Id1", "Id2", "Id3", "Id21", "Id22"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataFormatError, match="no .xml files"):
+        F.read_webnlg_xml(tmp_path / "empty")
+
+
 @pytest.mark.parametrize("name, line, problem", [
     ("webnlg_bad_triple.xml", 7, "<mtriple> 'Aarhus | leaderName' is not 'subject | property | "
                                  "object'"),
