@@ -93,6 +93,8 @@ def formula(model_cfg, cfg: FullConfig, mlm_head: bool = True) -> dict:
     tied_lm = 0 if model_cfg.tie_embeddings else V * d
     if cfg.top_k_layers is None:
         n = total - (0 if cfg.train_embeddings else emb)
+    elif cfg.top_k_layers > model_cfg.n_layer:
+        raise ValueError(f"FullConfig.top_k_layers={cfg.top_k_layers} but the model has {model_cfg.n_layer} layers")
     else:
         n = cfg.top_k_layers * block_params(model_cfg) + tied_lm
         if model_cfg.arch == "gpt2":
