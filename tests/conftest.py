@@ -39,6 +39,9 @@ TASK_MARKERS = {
     "task_ops": "arithmetic with broadcasting, matmul, reductions, shape ops, indexing",
     "task_activations": "exp, log, tanh, sigmoid, relu, GELU, softmax, log-softmax",
     "task_fused": "linear, layer norm, cross-entropy, embedding, dropout, masked fill, attention",
+    "task_nn": "Module bookkeeping and the basic layers",
+    "task_transformer": "the Transformer in both layouts",
+    "task_training": "training steps, the training loop, pretraining and fine-tuning tasks",
 }
 
 NO_GPU = "no GPU/CuPy: install cupy-cuda12x and run on a GPU machine"
