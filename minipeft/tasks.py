@@ -9,8 +9,11 @@ and the loss counts only the target tokens and the final <eos> (the source is gi
 predicted). Evaluation decodes the target from `<bos> source <sep>` and scores it with corpus
 BLEU (all references of a source) and ROUGE-L.
 
-Classification ("sst2") with a head on the encoder: `<cls> sentence <sep>` -> pooled [CLS]
-vector -> cls_head -> label; scored by accuracy, macro F1 and Matthews correlation.
+Classification, two ways, scored by accuracy, macro F1 and Matthews correlation:
+- "sst2": a head on the encoder: `<cls> sentence <sep>` -> pooled [CLS] vector -> cls_head.
+- "sst2-lm": through label words of the decoder's LM head (the prompt-based way of PET and
+  LM-BFF): `<bos> sentence All in all, it was` -> next-token logits of " terrible" / " great";
+  no new parameters, and the pretrained model already has an opinion before any training.
 
 `finetune(...)` runs one method on one task end to end: load the shipped checkpoint, apply the
 PEFT config, evaluate before, train with `fit`, keep the best adapter by the dev score,
@@ -30,7 +33,9 @@ from .pretrain import DATA, load_pretrained
 from .train import fit
 
 GEN_TASKS = ("e2e", "webnlg")
-CLS_TASKS = ("sst2",)
+CLS_TASKS = ("sst2", "sst2-lm")
+LM_TEMPLATE = "{} All in all, it was"          # sst2-lm: the pattern ...
+LABEL_WORDS = (" terrible", " great")          # ... and the verbalizer (label 0, label 1)
 
 
 @dataclass
@@ -65,9 +70,8 @@ def load_task(task: str, split: str, data_dir: str | None = None) -> list:
         seen = _seen_categories(root)
         return [Seq2SeqExample(linearize_triples(e.triples), list(e.lexes), e.category, e.category in seen)
                 for e in entries]
-    if task == "sst2":
-        name = "dev" if split == "dev" else split
-        return formats.read_glue_tsv(os.path.join(root, "sst2", f"{name}.tsv"), "sst2")
+    if task in ("sst2", "sst2-lm"):
+        return formats.read_glue_tsv(os.path.join(root, "sst2", f"{split}.tsv"), "sst2")
     raise ValueError(f"unknown task {task!r}; choose one of {GEN_TASKS + CLS_TASKS}")
 
 
@@ -148,8 +152,10 @@ def dev_loss(model, batches) -> float:
 
 # ----------------------------------------------------------------------------- classification
 
-def cls_batches(tok, examples, batch_size: int, max_len: int, seed: int | None = 0, endless: bool = True):
-    """Batches of `<cls> sentence <sep>` with attention masks and integer labels (shuffled when seed)."""
+def cls_batches(tok, examples, batch_size: int, max_len: int, seed: int | None = 0, endless: bool = True,
+                lm: bool = False):
+    """Batches with attention masks and integer labels, shuffled when seed is given.
+    Head: `<cls> sentence <sep>`; lm=True: `<bos> LM_TEMPLATE(sentence)` (right-padded)."""
     hostnp = backend.host()
     gen = hostnp.random.default_rng(seed) if seed is not None else None
     while True:
@@ -158,14 +164,17 @@ def cls_batches(tok, examples, batch_size: int, max_len: int, seed: int | None =
             chunk = [examples[i] for i in order[start:start + batch_size]]
             if endless and len(chunk) < batch_size:
                 break
-            yield _cls_encode(tok, chunk, max_len)
+            yield _cls_encode(tok, chunk, max_len, lm)
         if not endless:
             return
 
 
-def _cls_encode(tok, chunk, max_len):
+def _cls_encode(tok, chunk, max_len, lm=False):
     hostnp = backend.host()
-    rows = [[tok.cls_id] + tok.encode(e.sentence)[:max_len - 2] + [tok.sep_id] for e in chunk]
+    if lm:
+        rows = [[tok.bos_id] + tok.encode(LM_TEMPLATE.format(e.sentence))[-(max_len - 1):] for e in chunk]
+    else:
+        rows = [[tok.cls_id] + tok.encode(e.sentence)[:max_len - 2] + [tok.sep_id] for e in chunk]
     T = max(len(r) for r in rows)
     ids = hostnp.full((len(rows), T), tok.pad_id, dtype=hostnp.int64)
     mask = hostnp.zeros((len(rows), T), dtype=hostnp.int64)
@@ -175,15 +184,39 @@ def _cls_encode(tok, chunk, max_len):
     return {"ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def cls_loss(model, batch):
-    logits = model.classify(batch["ids"], batch["attention_mask"])
-    return ops.cross_entropy(logits, batch["labels"])
+def label_word_ids(tok) -> list:
+    """Token ids of the verbalizer's label words (each must be a single token)."""
+    ids = [tok.encode(w) for w in LABEL_WORDS]
+    bad = [w for w, i in zip(LABEL_WORDS, ids) if len(i) != 1]
+    if bad:
+        raise ValueError(f"label words {bad} are not single tokens of this tokenizer; choose other words")
+    return [i[0] for i in ids]
 
 
-def evaluate_classification(model, tok, examples, max_len: int = 64, batch_size: int = 64) -> dict:
+def head_scores(model, batch):
+    """(B, n_labels) logits of the classification head."""
+    return model.classify(batch["ids"], batch["attention_mask"])
+
+
+def label_word_scores(model, batch, word_ids):
+    """(B, n_labels) next-token logits of the label words after the template's last token."""
+    mask = batch["attention_mask"]
+    h = model.encode(batch["ids"], mask)                                  # (B, T, d)
+    last = backend.to_device(mask.sum(axis=1) - 1)                        # last real token of each row
+    h_last = h[backend.xp.arange(h.shape[0]), last]                       # (B, d)
+    logits = model.lm_logits(h_last)                                      # (B, V)
+    return logits[:, backend.to_device(backend.host().asarray(word_ids))]  # (B, n_labels)
+
+
+def cls_loss_fn(score_fn):
+    return lambda model, batch: ops.cross_entropy(score_fn(model, batch), batch["labels"])
+
+
+def evaluate_classification(model, tok, examples, score_fn=head_scores, max_len: int = 64,
+                            batch_size: int = 64, lm: bool = False) -> dict:
     preds, golds, loss, n = [], [], 0.0, 0
-    for b in cls_batches(tok, examples, batch_size, max_len, seed=None, endless=False):
-        logits = model.classify(b["ids"], b["attention_mask"])
+    for b in cls_batches(tok, examples, batch_size, max_len, seed=None, endless=False, lm=lm):
+        logits = score_fn(model, b)
         loss += float(ops.cross_entropy(logits, b["labels"]).item()) * len(b["labels"])
         n += len(b["labels"])
         preds.extend(backend.to_numpy(logits.data).argmax(axis=1).tolist())
@@ -223,8 +256,10 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
     method = method_of(peft_config)
     backend.manual_seed(seed)
     tok = load_default()
-    is_cls = task in CLS_TASKS
-    model = load_pretrained(model_name or ("bert-m" if is_cls else "gpt2-m"), n_labels=2 if is_cls else 0)
+    is_cls, is_lm = task in CLS_TASKS, task == "sst2-lm"
+    default_model = "bert-m" if task == "sst2" else "gpt2-m"
+    n_labels = 2 if task == "sst2" else 0
+    model = load_pretrained(model_name or default_model, n_labels=n_labels)
     train = load_task(task, "train")[:train_size]
     dev = load_task(task, "dev")[:eval_size]
     pm = apply(model, peft_config)
@@ -232,9 +267,14 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
     n_ctx = model.config.n_ctx
 
     if is_cls:
-        batches = cls_batches(tok, train, batch_size, n_ctx, seed)
-        loss_fn, select = cls_loss, "accuracy"
-        evaluate = lambda m: evaluate_classification(m, tok, dev, n_ctx)  # noqa: E731
+        if is_lm:
+            words = label_word_ids(tok)
+            score_fn = lambda m, b: label_word_scores(m, b, words)  # noqa: E731
+        else:
+            score_fn = head_scores
+        batches = cls_batches(tok, train, batch_size, n_ctx, seed, lm=is_lm)
+        loss_fn, select = cls_loss_fn(score_fn), "accuracy"
+        evaluate = lambda m: evaluate_classification(m, tok, dev, score_fn, n_ctx, lm=is_lm)  # noqa: E731
     else:
         batches = seq2seq_batches(tok, train, batch_size, n_ctx, seed)
         loss_fn, select = lm_loss, "bleu"
@@ -267,8 +307,7 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
     # reload the best adapter (the last step is not necessarily the best)
     if hist.best is not None and hist.best["step"] != steps and peft_config.method not in ("full", "bitfit"):
         from .peft import PeftModel
-        model = load_pretrained(model_name or ("bert-m" if is_cls else "gpt2-m"), n_labels=2 if is_cls else 0)
-        pm = PeftModel.from_pretrained(model, out_dir)
+        pm = PeftModel.from_pretrained(load_pretrained(model_name or default_model, n_labels=n_labels), out_dir)
     pm.eval()
     with no_grad():
         after = evaluate(pm)
@@ -296,8 +335,8 @@ def config_from_args(a):
     m = a.method
     if m == "lora":
         return peft.LoraConfig(r=a.r, lora_alpha=a.alpha, target_modules=tuple(a.targets.split(",")),
-                               modules_to_save=("cls_head",) if a.task in CLS_TASKS else ())
-    heads = ("cls_head",) if a.task in CLS_TASKS else ()
+                               modules_to_save=("cls_head",) if a.task == "sst2" else ())
+    heads = ("cls_head",) if a.task == "sst2" else ()
     if m == "adapter":
         return peft.AdapterConfig(size=a.size, placement=a.placement, modules_to_save=heads)
     if m == "bitfit":

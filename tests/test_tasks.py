@@ -1,0 +1,80 @@
+"""Fine-tuning tasks: how examples become token ids and targets, and the scoring paths."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from minipeft import backend, tasks
+from minipeft.data.tokenizer import load_default
+from minipeft.nn import Transformer, TransformerConfig
+
+pytestmark = pytest.mark.task_training
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_default()
+
+
+def test_linearize_mr_keeps_every_attribute_in_order():
+    mr = "name[The Eagle], eatType[coffee shop], food[Chinese]"
+    assert tasks.linearize_mr(mr) == "name : The Eagle | eatType : coffee shop | food : Chinese"
+
+
+def test_loss_counts_only_target_tokens_and_eos(tok):
+    ids, labels = tasks.encode_seq2seq(tok, "name : The Eagle", "The Eagle is a pub.", n_ctx=64)
+    src, tgt = tok.encode("name : The Eagle"), tok.encode("The Eagle is a pub.")
+    assert ids == [tok.bos_id] + src + [tok.sep_id] + tgt + [tok.eos_id]
+    assert labels == [-100] * (len(src) + 2) + tgt + [tok.eos_id]
+
+
+def test_long_sources_are_cut_from_the_left_to_fit(tok):
+    source = " ".join(["word"] * 200)
+    ids, labels = tasks.encode_seq2seq(tok, source, "short.", n_ctx=32)
+    assert len(ids) == 32 and len(labels) == 32
+    assert ids[0] == tok.bos_id and labels[-1] == tok.eos_id
+
+
+def test_seq2seq_batches_shift_targets_by_one(tok):
+    ex = [tasks.Seq2SeqExample("food : Chinese", ["It serves Chinese food.", "Chinese food is served."])]
+    b = next(tasks.seq2seq_batches(tok, ex, batch_size=2, n_ctx=32, seed=0))
+    assert b["ids"].shape == b["targets"].shape
+    for row_ids, row_t in zip(b["ids"], b["targets"]):
+        real = row_t != -100
+        # wherever a target is predicted, it is the next input token (or <eos> at the end)
+        nxt = np.r_[row_ids[1:], tok.eos_id]
+        assert real.sum() > 0
+        assert np.all((row_t[real] == nxt[real]) | (row_t[real] == tok.eos_id))
+        assert not np.any(row_t[row_ids == tok.pad_id] != -100), "no loss on padding"
+
+
+@pytest.mark.parametrize("lm", [False, True])
+def test_classification_batches(tok, lm):
+    ex = tasks.load_task("sst2", "dev")[:5]
+    b = next(tasks.cls_batches(tok, ex, batch_size=5, max_len=64, seed=None, endless=False, lm=lm))
+    first = tok.bos_id if lm else tok.cls_id
+    assert np.all(b["ids"][:, 0] == first)
+    assert np.array_equal(b["labels"], [e.label for e in ex])
+    lengths = b["attention_mask"].sum(axis=1)
+    assert np.all(b["ids"][np.arange(5), lengths - 1] != tok.pad_id)
+    if lm:
+        tail = tok.encode(tasks.LM_TEMPLATE.format(""))[-1]
+        assert np.all(b["ids"][np.arange(5), lengths - 1] == tail), "each row ends with the template"
+
+
+def test_label_word_scores_pick_the_label_words_at_the_last_real_token(tok):
+    backend.manual_seed(0)
+    model = Transformer(TransformerConfig(vocab_size=tok.vocab_size, n_ctx=64, d_model=16, n_layer=1, n_head=2))
+    ex = tasks.load_task("sst2", "dev")[:3]
+    b = next(tasks.cls_batches(tok, ex, 3, 64, seed=None, endless=False, lm=True))
+    words = tasks.label_word_ids(tok)
+    scores = tasks.label_word_scores(model, b, words).numpy()
+    logits, _ = model(b["ids"])
+    last = b["attention_mask"].sum(axis=1) - 1
+    expected = logits.numpy()[np.arange(3), last][:, words]
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_task_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown task"):
+        tasks.load_task("squad", "train")
