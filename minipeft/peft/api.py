@@ -337,9 +337,12 @@ class PeftModel(Module):
         """Fold the active (or given) adapters into the base weights: same outputs, no extra cost."""
         for n in self._names(names):
             m = method_of(self.peft_config[n])
+            if not hasattr(m, "merge") and getattr(m, "EXCLUSIVE", False):
+                raise ValueError(f"{type(self.peft_config[n]).__name__} cannot be merged: it trained the base "
+                                 f"model's own parameters in place, so they are the weights already (use pm.model)")
             if not hasattr(m, "merge"):
                 raise ValueError(f"{type(self.peft_config[n]).__name__} cannot be merged into the weights "
-                                 f"(it adds inputs or a nonlinearity); mergeable methods: lora, bitfit")
+                                 f"(it adds inputs or a nonlinearity); mergeable methods: lora")
             m.merge(self, n)
 
     def unmerge_adapter(self, names=None) -> None:
