@@ -19,6 +19,7 @@ import numpy
 import pytest
 from safetensors.numpy import load_file
 
+from minipeft import ops
 from minipeft.gradcheck import gradcheck
 from minipeft.nn import Linear, Transformer
 from minipeft.peft import LoraConfig, PeftModel, apply
@@ -52,6 +53,15 @@ def test_gradcheck_lora_parameters(tiny, arch, variant):
     assert worst < 1e-5, worst
     frozen_with_grad = [n for n, p in pm.named_parameters() if not p.requires_grad and p.grad is not None]
     assert frozen_with_grad == [], f"frozen base parameters received gradients: {frozen_with_grad}"
+
+
+def test_gradcheck_lora_classifier_with_its_head(tiny, arch):
+    pm = apply(tiny.model(arch, n_labels=3), LoraConfig(r=2, target_modules=("q", "v", "proj"), modules_to_save=("cls_head",)))
+    params = tiny.perturb(pm)
+    assert len(params) == 2 * 3 * 2 + 2, "A and B of 3 targets in 2 layers + the head copy's weight and bias"
+    ids, y = tiny.ids(3, 5), tiny.labels(3)
+    loss = lambda *_: ops.cross_entropy(pm.classify(ids), y)  # noqa: E731
+    assert gradcheck(loss, *params, max_per_input=2, name=f"lora classifier {arch}") < 1e-5
 
 
 # ----------------------------------------------------------------------------- start, disable
