@@ -59,6 +59,10 @@ class AdapterConfig:
         if self.init_scale < 0:
             raise ValueError(f"AdapterConfig.init_scale must be >= 0, got {self.init_scale}")
         self.modules_to_save = tuple(self.modules_to_save)
+        if self.layers is not None:
+            self.layers = tuple(self.layers)
+            if len(set(self.layers)) != len(self.layers):
+                raise ValueError(f"AdapterConfig.layers {list(self.layers)} repeats a layer; list each block once")
 
 
 CONFIG = AdapterConfig

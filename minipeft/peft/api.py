@@ -163,7 +163,9 @@ class PeftModel(Module):
             self._check_head_path(path)
         flags = self._grad_flags()
         try:
-            method.add(self, name, config)
+            # new parameters take the base model's dtype (a float64 model gets float64 adapters)
+            with backend.default_dtype_as(self.model.wte.weight.dtype):
+                method.add(self, name, config)
             for path in getattr(config, "modules_to_save", ()) or ():
                 holder = self.model.get_submodule(path)
                 if not isinstance(holder, ModulesToSave):

@@ -55,6 +55,10 @@ class LoraConfig:
             raise ValueError(f"LoraConfig.target_modules {list(self.target_modules)}: unknown {bad}; "
                              f"the Linear layers that exist in every block are {list(TARGETS)}")
         self.modules_to_save = tuple(self.modules_to_save)
+        if self.layers is not None:
+            self.layers = tuple(self.layers)
+            if len(set(self.layers)) != len(self.layers):
+                raise ValueError(f"LoraConfig.layers {list(self.layers)} repeats a layer; list each block once")
 
     @property
     def scaling(self) -> float:
