@@ -109,9 +109,11 @@ def _cmd_generate(a):
     texts = a.text or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
         raise ValueError("no input text: pass --text \"...\" (repeatable) or lines on standard input")
-    outs = generate_text(model, tok, texts, max_new_tokens=a.max_new_tokens, method=a.method,
-                         num_beams=a.num_beams, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
-                         seed=a.seed)
+    options = {"greedy": {}, "beam": {"num_beams": a.num_beams},
+               "sample": {"temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p, "seed": a.seed}}
+    if a.method not in options:
+        raise ValueError(f"unknown --method {a.method!r}; choose greedy, beam or sample")
+    outs = generate_text(model, tok, texts, max_new_tokens=a.max_new_tokens, method=a.method, **options[a.method])
     for t, o in zip(texts, outs):
         print(f"{t}{o}")
 

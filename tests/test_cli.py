@@ -51,3 +51,14 @@ def test_method_none_is_the_base_model(capsys):
     res = json.loads(capsys.readouterr().out)
     assert res == {"arch": "gpt2-large", "method": "none", "trainable": 0, "total": 774_030_080,
                    "base": 774_030_080}
+
+
+def test_generate_runs_each_method_on_a_shipped_checkpoint(capsys):
+    import os
+    from minipeft.pretrain import DATA
+    if not os.path.isdir(os.path.join(DATA, "checkpoints", "gpt2-s")):
+        pytest.skip("data/checkpoints/gpt2-s is not shipped")
+    for extra in ([], ["--method", "beam", "--num-beams", "2"], ["--method", "sample", "--seed", "3"]):
+        assert main(["generate", "--model", "gpt2-s", "--text", "The Golden", "--max-new-tokens", "5"] + extra) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("The Golden") and len(out.strip()) > len("The Golden")
