@@ -23,5 +23,9 @@ bench: $(STAMP)
 	$(BIN)/python -m minipeft.bench --config tiny --method full
 	$(BIN)/python -m minipeft.bench --config small --method full
 
+# every lecture notebook in full mode, executed in place with its outputs; refreshes lectures/figures
+lectures: $(STAMP)
+	$(BIN)/python -m minipeft.lecture lectures/*.ipynb
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
