@@ -14,22 +14,11 @@ from minipeft.checkpoint import (CheckpointError, check_state_dict, load_checkpo
                                  save_optimizer_state, save_state_dict, write_json_atomic)
 from minipeft.optim import AdamW
 
-HAVE_CUPY = backend.cupy_available()
-
-
-@pytest.fixture(autouse=True, params=["numpy", "cupy"] if HAVE_CUPY else ["numpy"])
-def on_backend(request):
-    """Run every test on NumPy, and on CuPy when a GPU is present."""
-    saved = backend.name
-    minipeft.use(request.param)
-    yield request.param
-    minipeft.use(saved)
-
-
-@pytest.mark.skipif(not HAVE_CUPY, reason="CuPy with a visible GPU is not available: the tests in "
-                    "this file ran on NumPy only")
-def test_cupy_runs_are_included():
-    assert backend.name in ("numpy", "cupy")
+@pytest.fixture(autouse=True)
+def on_backend(backend):
+    """Every test here runs on each available backend (the `backend` fixture of tests/conftest.py:
+    NumPy always, CuPy when a GPU is present, or what MINIPEFT_BACKEND asks for)."""
+    yield backend.name
 
 
 rng = np.random.default_rng(7)

@@ -268,12 +268,7 @@ class Transformer(Module):
         """(B, T) ids -> logits (B, T', V); with targets (B, T') also the mean cross-entropy
         (positions whose target is -100 are ignored). Returns (logits, loss or None)."""
         logits = self.lm_logits(self.encode(ids, attention_mask, token_type_ids, **kw))
-        loss = None
-        if targets is not None:
-            if isinstance(targets, Tensor):
-                targets = targets.data
-            loss = ops.cross_entropy(logits, backend.to_device(targets))
-        return logits, loss
+        return logits, (None if targets is None else ops.cross_entropy(logits, targets))
 
     def new_cache(self) -> list:
         """An empty key/value cache, one dict per layer (see SelfAttention.forward)."""

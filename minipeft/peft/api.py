@@ -314,12 +314,7 @@ class PeftModel(Module):
     def forward(self, ids, targets=None, attention_mask=None, token_type_ids=None, adapter_names=None):
         """Like Transformer.forward: (logits (B, T, V), loss or None)."""
         logits = self.model.lm_logits(self.encode(ids, attention_mask, token_type_ids, adapter_names=adapter_names))
-        loss = None
-        if targets is not None:
-            if isinstance(targets, Tensor):
-                targets = targets.data
-            loss = ops.cross_entropy(logits, backend.to_device(targets))
-        return logits, loss
+        return logits, (None if targets is None else ops.cross_entropy(logits, targets))
 
     def classify(self, ids, attention_mask=None, token_type_ids=None, adapter_names=None):
         """(B, n_labels) logits; the head may itself be a per-adapter copy (modules_to_save)."""
