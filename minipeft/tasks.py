@@ -304,6 +304,8 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
                eval_fn=lambda m: {k: v for k, v in evaluate(m).items() if k != "outputs"},
                eval_every=eval_every, select=select, mode="max", patience=patience, on_best=keep_best,
                log_path=os.path.join(out_dir, "log.jsonl"), progress=progress, desc=f"{task} {peft_config.method}")
+    # counted while training: the best adapter reloaded below comes back frozen (is_trainable=False)
+    s = pm.trainable_summary() if pm.peft_config else {"trainable": 0, "total": pm.num_parameters()}
     # reload the best adapter (the last step is not necessarily the best)
     if hist.best is not None and hist.best["step"] != steps and peft_config.method not in ("full", "bitfit"):
         from .peft import PeftModel
@@ -311,7 +313,6 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
     pm.eval()
     with no_grad():
         after = evaluate(pm)
-    s = pm.trainable_summary() if pm.peft_config else {"trainable": 0, "total": pm.num_parameters()}
     summary = {k: v for k, v in after.items() if k != "outputs"}
     with open(os.path.join(out_dir, "result.json"), "w", encoding="utf-8") as f:
         json.dump({"task": task, "method": peft_config.method, "before": {k: v for k, v in before.items() if k != "outputs"},

@@ -78,3 +78,18 @@ def test_label_word_scores_pick_the_label_words_at_the_last_real_token(tok):
 def test_unknown_task_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown task"):
         tasks.load_task("squad", "train")
+
+
+def test_finetune_reports_the_trainable_count_after_reloading_the_best_adapter(tok, tmp_path):
+    # an untrained model's dev accuracy stays flat, so the best evaluation is the first (step 1),
+    # the adapter saved there is reloaded (frozen), and the count must still be what trained
+    from dataclasses import replace
+    from minipeft import peft
+    from minipeft.checkpoint import save_checkpoint
+    cfg = TransformerConfig(arch="bert", vocab_size=tok.vocab_size, pad_id=tok.pad_id, d_model=16, n_layer=1, n_head=2)
+    save_checkpoint(Transformer(cfg), str(tmp_path / "base"), cfg.to_dict())
+    acfg = peft.AdapterConfig(size=2, modules_to_save=("cls_head",))
+    r = tasks.finetune("sst2", acfg, str(tmp_path / "base"), steps=3, batch_size=4, lr=1e-9, train_size=12,
+                       eval_size=8, eval_every=1, out_dir=str(tmp_path / "run"), progress=False, verbose=False)
+    assert r.best_step == 1
+    assert r.trainable == peft.adapter.formula(replace(cfg, n_labels=2), acfg)["trainable"] > 0
