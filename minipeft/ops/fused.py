@@ -55,10 +55,9 @@ class LayerNorm(Function):
     def forward(ctx, x, w, b, eps=1e-5):
         xp = backend.xp
         mu = x.mean(axis=-1, keepdims=True)
-        xc = x - mu
-        var = (xc * xc).mean(axis=-1, keepdims=True)
+        xhat = x - mu
+        var = xp.einsum("...i,...i->...", xhat, xhat)[..., None] * (1.0 / x.shape[-1])  # no (x-mu)^2 temporary
         rstd = 1.0 / xp.sqrt(var + eps)                     # 1/sigma, (..., 1)
-        xhat = xc
         xhat *= rstd                                        # (x - mu)/sigma, in place
         y = xhat * w
         y += b
@@ -69,16 +68,17 @@ class LayerNorm(Function):
     def backward(ctx, g):
         xhat, rstd, w = ctx.saved
         need_x, need_w, need_b = ctx.needs_input_grad
-        lead = tuple(range(g.ndim - 1))
-        gw = (g * xhat).sum(axis=lead) if need_w else None  # dL/dw = sum g * xhat
-        gb = g.sum(axis=lead) if need_b else None           # dL/db = sum g
+        xp, d = backend.xp, g.shape[-1]
+        g2, xhat2 = g.reshape(-1, d), xhat.reshape(-1, d)   # (N, d)
+        gw = xp.einsum("ni,ni->i", g2, xhat2) if need_w else None  # dL/dw = sum g * xhat (no temporary)
+        gb = g2.sum(axis=0) if need_b else None                    # dL/db = sum g
         gx = None
         if need_x:
             # dL/dx = (1/sigma) (gh - mean(gh) - xhat * mean(gh * xhat)),   gh = g * w
             gh = g * w
-            gx = gh - gh.mean(axis=-1, keepdims=True)
-            gh *= xhat
-            gx -= xhat * gh.mean(axis=-1, keepdims=True)
+            gx = xhat * (xp.einsum("...i,...i->...", gh, xhat)[..., None] * (1.0 / d))
+            gx += gh.mean(axis=-1, keepdims=True)
+            xp.subtract(gh, gx, out=gx)
             gx *= rstd
         return gx, gw, gb
 
