@@ -109,10 +109,10 @@ class CrossEntropy(Function):
         p = logits - logits.max(axis=1, keepdims=True)
         z_t = p[rows, safe_t]
         xp.exp(p, out=p)
-        s = p.sum(axis=1, keepdims=True)
-        loss = ((xp.log(s[:, 0]) - z_t) * keep).sum() / max(n, 1)
-        p /= s                                               # p = softmax(x), kept for backward
-        ctx.save_for_backward(p, safe_t, keep, n)
+        s = p.sum(axis=1)                                    # (N,)
+        loss = ((xp.log(s) - z_t) * keep).sum() / max(n, 1)
+        # keep e^z and its row sums: backward normalises while it scales (one pass fewer here)
+        ctx.save_for_backward(p, s, safe_t, keep, n)
         return xp.asarray(loss, dtype=logits.dtype)
 
     @staticmethod
@@ -121,12 +121,13 @@ class CrossEntropy(Function):
             raise RuntimeError("cross_entropy: backward ran twice through the same loss (retain_graph=True); "
                                "its saved softmax is reused in place by the first backward. Compute the "
                                "loss again for a second backward.")
-        p, t, keep, n = ctx.saved
+        e, s, t, keep, n = ctx.saved
         xp = backend.xp
-        # dL/dlogits_i = (softmax_i - onehot(t_i)) / n for kept rows, 0 for ignored rows
-        grad = p                                            # reuse the saved buffer (backward runs once)
-        grad[xp.arange(grad.shape[0]), t] -= 1
-        grad *= (keep * (g / max(n, 1))).astype(grad.dtype)[:, None]
+        # dL/dlogits_i = (softmax_i - onehot(t_i)) w_i,  softmax_i = e_i / s_i,  w_i = g/n (kept rows) or 0
+        w = (keep * (g / max(n, 1))).astype(e.dtype)        # (N,)
+        grad = e                                            # reuse the saved buffer (backward runs once)
+        grad *= (w / s)[:, None]
+        grad[xp.arange(grad.shape[0]), t] -= w
         ctx.saved = None
         return grad, None
 
