@@ -124,11 +124,22 @@ def lm_loss(model, batch):
     return model(batch["ids"], batch["targets"])[1]
 
 
+def soft_prompt_length(model) -> int:
+    """Context positions taken by the active soft prompts (prompt tuning) of a PeftModel; 0 otherwise.
+    Batches and generation prompts must leave this much room in n_ctx."""
+    from .peft.prompt import PromptConfig
+    cfgs = getattr(model, "peft_config", None)
+    if not cfgs or getattr(model, "_disabled", False):
+        return 0
+    return sum(cfgs[n].num_virtual_tokens for n in model.active_adapters if isinstance(cfgs[n], PromptConfig))
+
+
 def generate_targets(model, tok, examples, max_new_tokens: int = 60, method: str = "greedy",
                      num_beams: int = 4) -> list:
     """Decode a target text for every example from `<bos> source <sep>`."""
     from .generate import generate
-    prompts = [encode_seq2seq(tok, e.source, None, model.config.n_ctx - max_new_tokens)[0] for e in examples]
+    room = model.config.n_ctx - soft_prompt_length(model) - max_new_tokens
+    prompts = [encode_seq2seq(tok, e.source, None, room)[0] for e in examples]
     outs = generate(model, prompts, max_new_tokens=max_new_tokens, method=method, eos_id=tok.eos_id,
                     num_beams=num_beams)
     return [tok.decode([t for t in o if t != tok.eos_id]).strip() for o in outs]
@@ -264,7 +275,7 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
     dev = load_task(task, "dev")[:eval_size]
     pm = apply(model, peft_config)
     lr = lr if lr is not None else DEFAULT_LR.get(peft_config.method, 1e-3)
-    n_ctx = model.config.n_ctx
+    n_ctx = model.config.n_ctx - soft_prompt_length(pm)     # a soft prompt takes positions too
 
     if is_cls:
         if is_lm:

@@ -93,3 +93,18 @@ def test_finetune_reports_the_trainable_count_after_reloading_the_best_adapter(t
                        eval_size=8, eval_every=1, out_dir=str(tmp_path / "run"), progress=False, verbose=False)
     assert r.best_step == 1
     assert r.trainable == peft.adapter.formula(replace(cfg, n_labels=2), acfg)["trainable"] > 0
+
+
+def test_generation_leaves_room_for_a_soft_prompt(tok):
+    # a source as long as the context allows, plus a soft prompt: the prompt is cut further so that
+    # soft prompt + source + max_new_tokens still fit in n_ctx (generate refuses otherwise)
+    from minipeft import peft
+    cfg = TransformerConfig(arch="gpt2", vocab_size=tok.vocab_size, pad_id=tok.pad_id, d_model=16, n_layer=1,
+                            n_head=2, n_ctx=64)
+    pm = peft.apply(Transformer(cfg), peft.PromptConfig(num_virtual_tokens=8))
+    assert tasks.soft_prompt_length(pm) == 8 and tasks.soft_prompt_length(pm.model) == 0
+    with pm.disable_adapter():
+        assert tasks.soft_prompt_length(pm) == 0
+    long = tasks.Seq2SeqExample(" ".join(["word"] * 200), ["short."])
+    out = tasks.generate_targets(pm, tok, [long], max_new_tokens=20)
+    assert len(out) == 1
