@@ -1,0 +1,88 @@
+"""The benchmark CLI (python -m minipeft.bench) runs and prints what tools read. Not a timing test:
+nothing here asserts on speed."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy
+import pytest
+
+from minipeft import backend, bench
+
+REQUIRED = ("ms_per_step", "tokens_per_s", "params", "trainable", "peak_rss_mb", "gflops",
+            "peak_fraction", "optimizer_state_bytes")
+TINY_PARAMS = 1_071_872  # 2048*128 + 128*128 + 4 * 198,272 (a block) + 256 (ln_f), tied head
+
+
+def _run_cli(*args):
+    proc = subprocess.run([sys.executable, "-m", "minipeft.bench", *args], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_cli_json_tiny_full():
+    proc = _run_cli("--config", "tiny", "--method", "full", "--steps", "2", "--warmup", "1", "--json")
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one JSON line, got {proc.stdout!r}"
+    out = json.loads(lines[0])
+    for key in REQUIRED:
+        assert key in out, f"missing key {key!r} in {sorted(out)}"
+        assert isinstance(out[key], (int, float)) and math.isfinite(out[key]) and out[key] >= 0
+    assert out["params"] == out["trainable"] == TINY_PARAMS
+    assert out["optimizer_state_bytes"] == 2 * 4 * TINY_PARAMS  # AdamW: m and v, float32
+    assert out["steps"] == 2 and out["config"] == "tiny" and out["method"] == "full"
+    if "torch_ms_per_step" in out:  # PyTorch importable: the same model on the other side
+        assert out["torch_params"] == out["params"]
+        assert out["ratio"] > 0
+
+
+def test_cli_human_readable_and_no_torch():
+    proc = _run_cli("--config", "tiny", "--steps", "1", "--warmup", "0", "--no-torch")
+    assert "ms/step" in proc.stdout and "pytorch" not in proc.stdout
+
+
+def test_cli_lora_or_clear_error():
+    proc = subprocess.run([sys.executable, "-m", "minipeft.bench", "--method", "lora", "--steps", "1", "--warmup", "0",
+                           "--json", "--no-torch"], capture_output=True, text=True, timeout=600)
+    try:
+        import minipeft.peft  # noqa: F401
+    except ImportError:
+        assert proc.returncode != 0 and "LoRA arrives with the PEFT issue" in (proc.stderr + proc.stdout)
+        return
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["trainable"] == 4 * 2 * 2 * 128 * 8        # L * 2 matrices * r (d_in + d_out)
+    assert out["params"] == TINY_PARAMS + out["trainable"]
+
+
+def test_cupy_backend_without_gpu_is_a_clear_error():
+    if backend.cupy_available():
+        pytest.skip("a GPU is present: --backend cupy would run")
+    proc = subprocess.run([sys.executable, "-m", "minipeft.bench", "--backend", "cupy", "--steps", "1"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "cupy" in proc.stderr.lower()
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_step_flops_counts_the_products_a_step_runs(method, monkeypatch):
+    """The documented FLOP formula equals 2*n*k*m summed over every backend.matmul of a step."""
+    if method == "lora":
+        pytest.importorskip("minipeft.peft")
+    cfg = dict(bench.CONFIGS["tiny"], n_layer=2, batch=2, n_ctx=16, vocab_size=64, d_model=32, n_head=2)
+    counted = []
+    real = backend.matmul
+
+    def counting(a, b, out=None):
+        batch = math.prod(numpy.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
+        counted.append(2 * batch * a.shape[-2] * a.shape[-1] * b.shape[-1])
+        return real(a, b, out=out)
+
+    model, opt = bench.build_minipeft(cfg, method)
+    ids = numpy.random.default_rng(0).integers(0, cfg["vocab_size"], size=(cfg["batch"], cfg["n_ctx"] + 1))
+    monkeypatch.setattr(backend, "matmul", counting)
+    bench.minipeft_step(model, opt, ids[:, :-1], ids[:, 1:])
+    assert sum(counted) == bench.step_flops(cfg, method)
