@@ -121,7 +121,17 @@ def seq2seq_batches(tok, examples, batch_size: int, n_ctx: int, seed: int = 0):
 
 
 def lm_loss(model, batch):
-    return model(batch["ids"], batch["targets"])[1]
+    """Mean cross-entropy over the target tokens (targets != -100), as model(ids, targets) computes
+    it, but the LM head (d x V, the costliest matmul) runs only at those positions: the source and
+    the padding, about half of an E2E batch, predict nothing, so their logits are never formed."""
+    hostnp = backend.host()
+    targets = hostnp.asarray(backend.to_numpy(batch["targets"]))
+    rows, cols = hostnp.nonzero(targets != -100)                          # (N,), (N,) target positions
+    if len(rows) == 0:
+        return model(batch["ids"], batch["targets"])[1]
+    h = model.encode(batch["ids"])                                        # (B, T, d)
+    h_t = h[backend.to_device(rows), backend.to_device(cols)]             # (N, d)
+    return ops.cross_entropy(model.lm_logits(h_t), targets[rows, cols])   # logits (N, V) -> scalar
 
 
 def soft_prompt_length(model) -> int:

@@ -108,3 +108,28 @@ def test_generation_leaves_room_for_a_soft_prompt(tok):
     long = tasks.Seq2SeqExample(" ".join(["word"] * 200), ["short."])
     out = tasks.generate_targets(pm, tok, [long], max_new_tokens=20)
     assert len(out) == 1
+
+
+def test_lm_loss_on_target_positions_equals_the_full_logits_loss(tok):
+    # lm_loss forms logits only where a target is; loss and gradients equal model(ids, targets)'s
+    from minipeft import peft
+    backend.manual_seed(0)
+    cfg = TransformerConfig(arch="gpt2", vocab_size=tok.vocab_size, pad_id=tok.pad_id, d_model=16, n_layer=1,
+                            n_head=2, n_ctx=64)
+    ex = [tasks.Seq2SeqExample(f"name : Place {i} | food : Chinese", [f"Place {i} serves Chinese food."])
+          for i in range(3)]
+    batch = next(tasks.seq2seq_batches(tok, ex, batch_size=3, n_ctx=64, seed=0))
+    for config in (None, peft.PrefixConfig(num_virtual_tokens=3), peft.PromptConfig(num_virtual_tokens=2)):
+        model = Transformer(cfg)
+        m = model if config is None else peft.apply(model, config)
+        params = [p for p in m.parameters() if p.requires_grad]
+        grads = []
+        for loss_fn in (lambda: m(batch["ids"], batch["targets"])[1], lambda: tasks.lm_loss(m, batch)):
+            loss = loss_fn()
+            loss.backward()
+            grads.append((float(loss.item()), [backend.to_numpy(p.grad).copy() for p in params]))
+            for p in params:
+                p.grad = None
+        (l0, g0), (l1, g1) = grads
+        assert abs(l0 - l1) < 1e-5
+        assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(g0, g1))
