@@ -391,6 +391,8 @@ def run(config: str = "tiny", method: str = "full", backend_name: str = "numpy",
         "numpy_version": numpy.__version__,
         "python": platform.python_version(),
     }
+    if backend.name == "cupy":  # the pool keeps what it allocated: its size is the peak
+        out["gpu_pool_mb"] = round(xp.get_default_memory_pool().total_bytes() / 2**20, 1)
     if timed_torch is not None:
         tsec = statistics.median(torch_times)
         out.update({
@@ -422,11 +424,12 @@ def main(argv=None) -> int:
     if args.steps is not None and args.steps < 1:
         p.error("--steps must be at least 1")
     try:
-        res = run(args.config, args.method, args.backend, args.steps, with_torch=not args.no_torch,
-                  tune_malloc=args.malloc == "keep", warmup=args.warmup)
-    except RuntimeError as e:  # e.g. --backend cupy without a GPU
+        backend.use(args.backend)
+    except (RuntimeError, ValueError) as e:  # e.g. --backend cupy without a GPU: say what to install
         print(f"error: {e}", file=sys.stderr)
         return 2
+    res = run(args.config, args.method, args.backend, args.steps, with_torch=not args.no_torch,
+              tune_malloc=args.malloc == "keep", warmup=args.warmup)
     if args.json:
         print(json.dumps(res))
         return 0
