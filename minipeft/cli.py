@@ -83,7 +83,7 @@ def _cmd_pretrain(a):
     use(a.backend)
     out = a.out or os.path.join("data", "checkpoints", a.preset)
     m = pretrain(a.preset, out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
-                 eval_every=a.eval_every, progress=not a.quiet)
+                 eval_every=a.eval_every, progress=not a.quiet, init_from=a.init_from)
     print(json.dumps(m, indent=1))
 
 
@@ -156,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-every", type=int, default=250)
     t.add_argument("--out", default=None, help="output directory (default data/checkpoints/PRESET)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--init-from", default=None, help="continue from this checkpoint directory (a second stage)")
     common(t)
     t.set_defaults(fn=_cmd_pretrain)
 

@@ -16,6 +16,7 @@ reproducible from its seed.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -134,8 +135,11 @@ def unigram_entropy(train_stream, valid_stream, vocab_size: int) -> float:
 
 def pretrain(preset: str, out_dir: str, steps: int = 2000, batch_size: int = 16, lr: float = 1e-3,
              seed: int = 0, tokenizer_path: str | None = None, corpus_dir: str | None = None,
-             eval_every: int = 250, progress: bool = True) -> dict:
-    """Pretrain one preset and save it in out_dir. Returns the metrics that were written."""
+             eval_every: int = 250, progress: bool = True, init_from: str | None = None) -> dict:
+    """Pretrain one preset and save it in out_dir. Returns the metrics that were written.
+
+    init_from: a checkpoint directory of the same preset to continue from (a second stage with a
+    fresh optimizer and its own warmup/cosine schedule); its metrics are kept under "stages"."""
     from .data.tokenizer import Tokenizer
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
@@ -149,13 +153,22 @@ def pretrain(preset: str, out_dir: str, steps: int = 2000, batch_size: int = 16,
 
     backend.manual_seed(seed)
     model = Transformer(cfg)
+    stages = []
+    if init_from is not None:
+        from .checkpoint import load_checkpoint
+        state, _ = load_checkpoint(init_from)
+        model.load_state_dict(state)
+        with open(os.path.join(init_from, "metrics.json"), encoding="utf-8") as f:
+            before = json.load(f)
+        stages = before.pop("stages", []) + [before]
+        seed = seed + len(stages)          # new batches in the new stage
     if cfg.arch == "gpt2":
         batches = lm_batches(train_stream, batch_size, cfg.n_ctx, seed)
     else:
         batches = mlm_batches(train_stream, tok, batch_size, cfg.n_ctx, seed)
     held = heldout_batches(valid_stream, tok, cfg.arch, cfg.n_ctx)
     os.makedirs(out_dir, exist_ok=True)
-    log_path = os.path.join(out_dir, "train_log.jsonl")
+    log_path = os.path.join(out_dir, "train_log.jsonl" if not stages else f"train_log_stage{len(stages) + 1}.jsonl")
     if os.path.exists(log_path):
         os.remove(log_path)
     t0 = time.perf_counter()
@@ -173,6 +186,10 @@ def pretrain(preset: str, out_dir: str, steps: int = 2000, batch_size: int = 16,
         "heldout_ppl": math.exp(final), "unigram_loss": unigram_entropy(train_stream, valid_stream, tok.vocab_size),
         "seconds": round(seconds, 1), "backend": backend.name,
     }
+    if stages:
+        metrics["stages"] = stages
+        metrics["total_steps"] = steps + sum(st["steps"] for st in stages)
+        metrics["total_seconds"] = round(seconds + sum(st["seconds"] for st in stages), 1)
     save_checkpoint(model, out_dir, cfg.to_dict())
     write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics)
     return metrics
