@@ -1,0 +1,51 @@
+"""The shipped checkpoints (data/checkpoints): each loads, reproduces the held-out loss recorded
+when it was trained, and is far better than a model that ignores context."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from minipeft.pretrain import DATA, PRESETS, heldout_loss_of, load_pretrained
+from minipeft.peft.count import base_params
+
+pytestmark = pytest.mark.task_training
+
+
+def metrics_of(preset):
+    with open(os.path.join(DATA, "checkpoints", preset, "metrics.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_shipped_checkpoint_reproduces_its_recorded_heldout_loss(preset):
+    recorded = metrics_of(preset)
+    loss = heldout_loss_of(preset)
+    assert abs(loss - recorded["heldout_loss"]) < 1e-4, \
+        f"{preset}: held-out loss {loss:.6f}, recorded at training time {recorded['heldout_loss']:.6f}"
+    # a decoder predicts every token; the encoder only the 15% masked ones (from both sides)
+    factor = 0.5 if PRESETS[preset].arch == "gpt2" else 0.75
+    assert loss < factor * recorded["unigram_loss"], \
+        f"{preset}: held-out loss {loss:.3f} is not far below the unigram baseline {recorded['unigram_loss']:.3f}"
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_shipped_checkpoint_matches_its_preset(preset):
+    model = load_pretrained(preset)
+    cfg = PRESETS[preset]
+    for k in ("arch", "d_model", "n_layer", "n_head", "n_ctx"):
+        assert getattr(model.config, k) == getattr(cfg, k), k
+    assert model.num_parameters() == base_params(model.config) == metrics_of(preset)["params"]
+
+
+def test_sizes_span_at_least_8x_and_fit_the_size_budget():
+    decoders = [metrics_of(p)["params"] for p in PRESETS if PRESETS[p].arch == "gpt2"]
+    assert max(decoders) >= 8 * min(decoders), decoders
+    total = sum(os.path.getsize(os.path.join(DATA, "checkpoints", p, "model.safetensors")) for p in PRESETS)
+    assert total <= 30 * 2**20, f"shipped checkpoints take {total / 2**20:.1f} MB (budget 30 MB)"
+
+
+def test_larger_decoders_reach_lower_heldout_loss():
+    losses = [metrics_of(p)["heldout_loss"] for p in ("gpt2-s", "gpt2-m", "gpt2-l")]
+    assert losses[0] > losses[1] > losses[2], losses
