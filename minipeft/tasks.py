@@ -321,7 +321,11 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
     def keep_best(step, metrics):
         pm.save_pretrained(out_dir)
 
-    hist = fit(pm, loss_fn, batches, steps=steps, lr=lr, warmup=min(30, steps // 10), schedule="linear",
+    params = None
+    if getattr(peft_config, "layer_lr_decay", None):      # full fine-tuning with eta^{l-1} = xi * eta^l
+        from .peft.full import param_groups
+        params = param_groups(pm, lr, peft_config.layer_lr_decay)
+    hist = fit(pm, loss_fn, batches, steps=steps, lr=lr, params=params, warmup=min(30, steps // 10), schedule="linear",
                eval_fn=lambda m: {k: v for k, v in evaluate(m).items() if k != "outputs"},
                eval_every=eval_every, select=select, mode="max", patience=patience, on_best=keep_best,
                log_path=os.path.join(out_dir, "log.jsonl"), progress=progress, desc=f"{task} {peft_config.method}")

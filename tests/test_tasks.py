@@ -133,3 +133,24 @@ def test_lm_loss_on_target_positions_equals_the_full_logits_loss(tok):
         (l0, g0), (l1, g1) = grads
         assert abs(l0 - l1) < 1e-5
         assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(g0, g1))
+
+
+@pytest.mark.parametrize("make_config", [
+    lambda: __import__("minipeft.peft", fromlist=["LoraConfig"]).LoraConfig(r=2),
+    lambda: __import__("minipeft.peft", fromlist=["FullConfig"]).FullConfig(top_k_layers=1, layer_lr_decay=0.5),
+], ids=["lora", "full-topk-lr-decay"])
+def test_finetune_end_to_end_on_the_smallest_shipped_decoder(tmp_path, make_config):
+    import json
+    import os
+    from minipeft.pretrain import DATA
+    if not os.path.isdir(os.path.join(DATA, "checkpoints", "gpt2-s")):
+        pytest.skip("data/checkpoints/gpt2-s is not shipped")
+    res = tasks.finetune("e2e", make_config(), "gpt2-s", steps=4, batch_size=4, train_size=20, eval_size=2,
+                         eval_every=2, out_dir=str(tmp_path), progress=False, verbose=False, show=1)
+    assert set(res.before) >= {"bleu", "rouge_l", "loss"} and set(res.after) >= {"bleu", "rouge_l", "loss"}
+    assert res.after["loss"] < res.before["loss"], (res.before["loss"], res.after["loss"])
+    assert 0 < res.trainable < res.total
+    assert (tmp_path / "adapter_config.json").exists() and (tmp_path / "adapter_model.safetensors").exists()
+    logged = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "eval" in r] == [2, 4]
+    assert len(res.examples) == 1 and res.examples[0][0].startswith("name :")
