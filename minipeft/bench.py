@@ -12,6 +12,10 @@ When PyTorch is importable (it is never a dependency of minipeft), the same arch
 same GPT-2 initialisation (weights N(0, 0.02), biases 0), AdamW, float32 and the same number of
 CPU threads are timed in the same process, ALTERNATING one minipeft step with one PyTorch step,
 so that noise from other processes on the machine hits both. `ratio` = minipeft / torch.
+Threads: PyTorch gets torch.set_num_threads(os.cpu_count()); NumPy's OpenBLAS uses its default, one
+thread per core (NumPy's elementwise work is single-threaded). Before each step the bench pauses
+0.15 s (PAUSE_S), and by default it makes glibc keep freed memory (see keep_freed_memory).
+Results and the method are recorded in bench/RESULTS.md.
 
 Reported quantities (JSON keys):
     ms_per_step            median wall time of one step (minipeft)
