@@ -41,10 +41,10 @@ import statistics
 import sys
 import time
 
-import numpy
-
 from . import backend
 from .autograd import Tensor
+
+numpy = backend.host()  # host-side arrays only (token ids, the peak-matmul inputs before xp.asarray)
 
 CONFIGS = {
     # name: model shape + batch; the context is used in full (seq = n_ctx)

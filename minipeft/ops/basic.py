@@ -126,24 +126,26 @@ class Pow(Function):
         return g * (p * a ** (p - 1)), None
 
 
+def _operands(a, b):
+    """Both operands as Tensors; a constant takes the other operand's dtype (no silent upcast)."""
+    return (as_tensor(a, b if isinstance(b, Tensor) else None),
+            as_tensor(b, a if isinstance(a, Tensor) else None))
+
+
 def add(a, b):
-    a, b = as_tensor(a, b if isinstance(b, Tensor) else None), as_tensor(b, a if isinstance(a, Tensor) else None)
-    return Add.apply(a, b)
+    return Add.apply(*_operands(a, b))
 
 
 def sub(a, b):
-    a, b = as_tensor(a, b if isinstance(b, Tensor) else None), as_tensor(b, a if isinstance(a, Tensor) else None)
-    return Sub.apply(a, b)
+    return Sub.apply(*_operands(a, b))
 
 
 def mul(a, b):
-    a, b = as_tensor(a, b if isinstance(b, Tensor) else None), as_tensor(b, a if isinstance(a, Tensor) else None)
-    return Mul.apply(a, b)
+    return Mul.apply(*_operands(a, b))
 
 
 def div(a, b):
-    a, b = as_tensor(a, b if isinstance(b, Tensor) else None), as_tensor(b, a if isinstance(a, Tensor) else None)
-    return Div.apply(a, b)
+    return Div.apply(*_operands(a, b))
 
 
 def neg(a):

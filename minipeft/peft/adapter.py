@@ -27,7 +27,7 @@ from typing import ClassVar
 from .. import backend, ops
 from ..nn.layers import Linear
 from ..nn.module import Module, ModuleDict, Parameter
-from .api import AdapterLayer, routed_sum
+from .api import AdapterLayer, block_indices, routed_sum
 
 PLACEMENTS = ("houlsby", "pfeiffer", "parallel")
 ACTIVATIONS = {"relu": ops.relu, "gelu": ops.gelu, "tanh": ops.tanh}
@@ -110,11 +110,7 @@ class ParallelAdapter(AdapterLayer):
 
 def _sites(pm, cfg: AdapterConfig):
     """(path of the module to wrap, wrapper class) for every adapter of the config."""
-    n_layer = pm.config.n_layer
-    layers = range(n_layer) if cfg.layers is None else cfg.layers
-    for i in layers:
-        if not 0 <= i < n_layer:
-            raise ValueError(f"AdapterConfig.layers contains {i}; the model has layers 0..{n_layer - 1}")
+    for i in block_indices(pm, cfg.layers, "AdapterConfig"):
         if cfg.placement == "houlsby":
             yield f"h.{i}.attn.o", SequentialAdapter
             yield f"h.{i}.mlp.proj", SequentialAdapter

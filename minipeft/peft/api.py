@@ -90,6 +90,17 @@ def routed_sum(x: Tensor, route, have: ModuleDict, fn, rest=None):
     return total
 
 
+def block_indices(pm, layers, what: str) -> list:
+    """The transformer blocks a method adapts: all of them (layers=None) or the listed ones."""
+    n_layer = pm.config.n_layer
+    if layers is None:
+        return list(range(n_layer))
+    bad = [i for i in layers if not 0 <= i < n_layer]
+    if bad:
+        raise ValueError(f"{what}.layers contains {bad[0]}; the model has layers 0..{n_layer - 1}")
+    return list(layers)
+
+
 class AdapterLayer(Module):
     """Base of layers that wrap a base module and add adapters: holds `route`."""
     route: list = []

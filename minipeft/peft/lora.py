@@ -25,7 +25,7 @@ from typing import ClassVar
 from .. import backend, ops
 from ..nn.layers import Linear
 from ..nn.module import ModuleDict, Parameter
-from .api import AdapterLayer, routed_sum
+from .api import AdapterLayer, block_indices, routed_sum
 
 TARGETS = ("q", "k", "v", "o", "fc", "proj")  # Linear layers of a block that LoRA can adapt
 
@@ -110,11 +110,7 @@ CONFIG = LoraConfig
 
 
 def _targets(pm, cfg: LoraConfig):
-    n_layer = pm.config.n_layer
-    layers = range(n_layer) if cfg.layers is None else cfg.layers
-    for i in layers:
-        if not 0 <= i < n_layer:
-            raise ValueError(f"LoraConfig.layers contains {i}; the model has layers 0..{n_layer - 1}")
+    for i in block_indices(pm, cfg.layers, "LoraConfig"):
         for t in cfg.target_modules:
             sub = "attn" if t in ("q", "k", "v", "o") else "mlp"
             yield f"h.{i}.{sub}.{t}"
