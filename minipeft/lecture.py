@@ -22,7 +22,8 @@ mode) a notebook runs the settings whose outputs are committed and refreshes lec
 
 Figures and tables go to `figures_dir()`: $MINIPEFT_FIGURES when set (the tests point it at a
 temporary folder, so a fast run never overwrites the committed full-run figures), else the
-`lectures/figures` folder of this checkout.
+`lectures/figures` folder of this checkout. The runner below does the same for `--fast` and
+`--no-save`: only a saved full run refreshes lectures/figures.
 
 The kernel. `execute_notebook` installs an ipykernel kernel spec for `sys.executable` into a
 temporary prefix and starts the kernel through a KernelSpecManager that looks only there, so
@@ -209,12 +210,19 @@ def main(argv=None) -> int:
                                 description="Execute lecture notebooks with nbclient (full mode unless --fast).")
     p.add_argument("notebooks", nargs="+")
     p.add_argument("--fast", action="store_true", help="MINIPEFT_FAST=1 (the CI mode)")
-    p.add_argument("--no-save", action="store_true", help="do not write the executed notebooks back")
+    p.add_argument("--no-save", action="store_true",
+                   help="do not write the executed notebooks back, nor their figures into lectures/figures")
     p.add_argument("--timeout", type=float, default=None, help="seconds per notebook (default: none)")
     a = p.parse_args(argv)
     status = 0
     for path in a.notebooks:
-        nb, seconds = execute_notebook(path, fast=a.fast, timeout=a.timeout, save=not a.no_save)
+        # Only a saved full run refreshes lectures/figures. A fast or unsaved run writes its figures and
+        # tables to a temporary folder ($MINIPEFT_FIGURES if set), so it never overwrites the committed
+        # full-run figures that the committed notebook's outputs describe.
+        with tempfile.TemporaryDirectory(prefix="minipeft-figures-") as tmp:
+            figures = None if (not a.fast and not a.no_save) or os.environ.get(FIGURES_ENV) else tmp
+            nb, seconds = execute_notebook(path, fast=a.fast, timeout=a.timeout, save=not a.no_save,
+                                           figures=figures)
         leaks = machine_paths(nb)
         print(f"{path}: {'fast' if a.fast else 'full'} mode, {seconds:.1f} s"
               f"{'' if a.no_save else ', saved with outputs'}")
