@@ -21,8 +21,15 @@ backend, `to_numpy(a)` brings any array back to the host.
 from __future__ import annotations
 
 import os
+import sys
 
-import numpy
+# OpenBLAS keeps its idle threads spinning for ~0.1 s after each matrix product; they would take
+# the cores from the threads of `rows` (below). 4 = sleep at once (2^4 cycles). OpenBLAS reads it
+# when NumPy is first imported, so it only counts if NumPy is not loaded yet (see _default_threads).
+_BLAS_TIMEOUT_SET = "numpy" not in sys.modules or "OPENBLAS_THREAD_TIMEOUT" in os.environ
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import numpy  # noqa: E402
 
 xp = numpy            # the array module in use: numpy or cupy
 name = "numpy"        # "numpy" or "cupy"
@@ -215,6 +222,80 @@ def scatter_add(target, indices, values):
     sums = numpy.add.reduceat(values[order], starts, axis=0)
     target[sorted_ids[starts]] += sums
     return target
+
+
+# ----------------------------------------------------------------------------- threads for elementwise work
+#
+# NumPy runs one elementwise pass (x * y, tanh, exp, a sum along the last axis) on ONE core; only
+# its matrix products (BLAS) use the others. It does release Python's GIL inside those loops,
+# so Python threads that work on different rows of the same arrays run at the same time. `rows`
+# does exactly that for the fused ops (GELU, softmax, layer norm, cross-entropy, AdamW). Each row
+# is computed by the same code in the same order whichever thread runs it, so the result is
+# bit-identical to a single-threaded run. On CuPy the GPU is parallel already: `rows` just calls.
+
+def _default_threads() -> int:
+    """$MINIPEFT_THREADS if set; else the usable cores, but 1 when NumPy was imported before
+    minipeft (its OpenBLAS threads then spin after every product and two threads of `rows`
+    measured 3 % slower than one: import minipeft first, or set OPENBLAS_THREAD_TIMEOUT=4)."""
+    env = os.environ.get("MINIPEFT_THREADS")
+    if env:
+        return max(1, int(env))
+    if not _BLAS_TIMEOUT_SET:
+        return 1
+    try:
+        return len(os.sched_getaffinity(0))       # the cores this process may use
+    except AttributeError:                        # not on Linux
+        return os.cpu_count() or 1
+
+
+_threads = _default_threads()
+_pool, _pool_pid = None, None
+MIN_PARALLEL = 1 << 15      # arrays smaller than this (32k numbers) are not worth a thread hand-off
+
+
+def set_threads(n: int) -> None:
+    """How many threads `rows` uses (default: the usable cores, or $MINIPEFT_THREADS). 1 = off."""
+    global _threads, _pool
+    if int(n) < 1:
+        raise ValueError(f"set_threads: need at least 1 thread, got {n}")
+    _threads, _pool = int(n), None
+
+
+def get_threads() -> int:
+    return _threads
+
+
+def rows(fn, *arrays) -> None:
+    """Call fn(*blocks) on blocks of rows (first axis) of `arrays`, in parallel threads; wait.
+
+    Every array must have the same number of rows; fn must treat the rows independently and
+    write its results into the output blocks it is given (views of the caller's arrays), e.g.
+
+        def gelu_rows(x, y):                     # x, y: (n, d) blocks of rows
+            ...; xp.tanh(..., out=y); ...
+        backend.rows(gelu_rows, x2, y2)          # x2, y2: (N, d)
+
+    Small arrays, one thread, or the CuPy backend: one call fn(*arrays) in this thread."""
+    global _pool, _pool_pid
+    n, k = arrays[0].shape[0], _threads
+    if name != "numpy" or k < 2 or n < 2 or arrays[0].size < MIN_PARALLEL:
+        fn(*arrays)
+        return
+    if _pool is None or _pool_pid != os.getpid():   # a forked child has no threads: new pool
+        from concurrent.futures import ThreadPoolExecutor
+        _pool, _pool_pid = ThreadPoolExecutor(max_workers=k - 1, thread_name_prefix="minipeft"), os.getpid()
+    step = -(-n // min(k, n))                       # rows per block, ceil(n / k)
+    futures = [_pool.submit(fn, *(a[i:i + step] for a in arrays)) for i in range(step, n, step)]
+    fn(*(a[:step] for a in arrays))                 # this thread does the first block
+    for f in futures:
+        f.result()                                  # waits, and re-raises an error of a worker
+
+
+def as_rows(*arrays):
+    """Each array as a 2-d (rows, last axis) array for `rows`. Outputs must be C-contiguous (made
+    with xp.empty(shape, dtype)), so that their 2-d form is a view; an input that is not
+    contiguous is copied, which is harmless as it is only read."""
+    return [a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1) for a in arrays]
 
 
 def synchronize() -> None:

@@ -13,7 +13,8 @@ same GPT-2 initialisation (weights N(0, 0.02), biases 0), AdamW, float32 and the
 CPU threads are timed in the same process, ALTERNATING one minipeft step with one PyTorch step,
 so that noise from other processes on the machine hits both. `ratio` = minipeft / torch.
 Threads: PyTorch gets torch.set_num_threads(os.cpu_count()); NumPy's OpenBLAS uses its default, one
-thread per core (NumPy's elementwise work is single-threaded). Before each step the bench pauses
+thread per core; minipeft's fused elementwise work runs on backend.get_threads() threads
+(backend.rows; MINIPEFT_THREADS=1 turns that off). Before each step the bench pauses
 0.15 s (PAUSE_S), and by default it makes glibc keep freed memory (see keep_freed_memory).
 Results and the method are recorded in bench/RESULTS.md.
 
@@ -391,6 +392,8 @@ def run(config: str = "tiny", method: str = "full", backend_name: str = "numpy",
         "optimizer_state_bytes": optimizer_state_bytes(opt),
         "optimizer": type(opt).__module__ + "." + type(opt).__name__,
         "threads": threads,
+        "row_threads": backend.get_threads(),         # threads of backend.rows (elementwise work)
+        "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
         "malloc_tuned": malloc_tuned,
         "numpy_version": numpy.__version__,
         "python": platform.python_version(),

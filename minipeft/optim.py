@@ -348,25 +348,33 @@ class AdamW(Optimizer):
         state["step"] += 1
         t = state["step"]                                  # a Python int: no device sync
 
-        if wd != 0.0:
-            theta *= 1.0 - lr * wd                         # theta <- theta - lr*wd*theta  (decoupled)
-        tmp = xp.empty_like(theta)                         # one scratch array for this step
-        m *= b1                                            # m <- b1*m ...
-        xp.multiply(g, 1.0 - b1, out=tmp)
-        m += tmp                                           #      ... + (1-b1)*g
-        v *= b2                                            # v <- b2*v ...
-        xp.multiply(g, g, out=tmp)
-        tmp *= 1.0 - b2
-        v += tmp                                           #      ... + (1-b2)*g*g
         bc1 = 1.0 - b1 ** t                                # bias corrections (host floats)
         bc2 = 1.0 - b2 ** t
-        # lr * m_hat / (sqrt(v_hat) + eps) = (lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps)
-        xp.sqrt(v, out=tmp)                                # tmp = sqrt(v)
-        tmp *= 1.0 / math.sqrt(bc2)                        # tmp = sqrt(v_hat)
-        tmp += eps                                         # tmp = sqrt(v_hat) + eps
-        xp.divide(m, tmp, out=tmp)                         # tmp = m / (sqrt(v_hat) + eps)
-        tmp *= lr / bc1                                    # tmp = lr * m_hat / (sqrt(v_hat) + eps)
-        theta -= tmp                                       # theta <- theta - tmp
+
+        def adamw_block(theta, m, v, g):                   # every element on its own
+            if wd != 0.0:
+                theta *= 1.0 - lr * wd                     # theta <- theta - lr*wd*theta  (decoupled)
+            tmp = xp.empty_like(theta)                     # one scratch array for this block
+            m *= b1                                        # m <- b1*m ...
+            xp.multiply(g, 1.0 - b1, out=tmp)
+            m += tmp                                       #      ... + (1-b1)*g
+            v *= b2                                        # v <- b2*v ...
+            xp.multiply(g, g, out=tmp)
+            tmp *= 1.0 - b2
+            v += tmp                                       #      ... + (1-b2)*g*g
+            # lr * m_hat / (sqrt(v_hat) + eps) = (lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps)
+            xp.sqrt(v, out=tmp)                            # tmp = sqrt(v)
+            tmp *= 1.0 / math.sqrt(bc2)                    # tmp = sqrt(v_hat)
+            tmp += eps                                     # tmp = sqrt(v_hat) + eps
+            xp.divide(m, tmp, out=tmp)                     # tmp = m / (sqrt(v_hat) + eps)
+            tmp *= lr / bc1                                # tmp = lr * m_hat / (sqrt(v_hat) + eps)
+            theta -= tmp                                   # theta <- theta - tmp
+
+        if theta.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous:
+            # flat views, cut into blocks that parallel threads update (backend.rows)
+            backend.rows(adamw_block, theta.reshape(-1), m.reshape(-1), v.reshape(-1), g.reshape(-1))
+        else:
+            adamw_block(theta, m, v, g)
 
 
 # ============================================================================= gradient clipping

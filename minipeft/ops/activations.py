@@ -94,30 +94,42 @@ class GELU(Function):
     @staticmethod
     def forward(ctx, x):
         xp = backend.xp
-        # one pass over the array per line, in place after the first (few temporaries, no float power)
-        h = x * x                        # products, never x**3 (a float power is ~50x slower)
-        h *= _GELU_C * 0.044715
-        h += _GELU_C
-        h *= x                           # u = c (x + 0.044715 x^3)
-        xp.tanh(h, out=h)
-        h *= 0.5
-        h += 0.5                         # h = (1 + tanh u) / 2
+        h, y = xp.empty(x.shape, x.dtype), xp.empty(x.shape, x.dtype)   # C-ordered: rows are views
+
+        def gelu_rows(x, h, y):
+            # one pass over the rows per line, in place (few temporaries, no float power)
+            xp.multiply(x, x, out=h)     # products, never x**3 (a float power is ~50x slower)
+            h *= _GELU_C * 0.044715
+            h += _GELU_C
+            h *= x                       # u = c (x + 0.044715 x^3)
+            xp.tanh(h, out=h)
+            h *= 0.5
+            h += 0.5                     # h = (1 + tanh u) / 2
+            xp.multiply(x, h, out=y)     # gelu(x) = x h
+
+        backend.rows(gelu_rows, *backend.as_rows(x, h, y))   # blocks of rows in parallel threads
         ctx.save_for_backward(x, h)
-        return x * h
+        return y
 
     @staticmethod
     def backward(ctx, g):
         x, h = ctx.saved
-        # d gelu/dx = h + x h' = h (1 + 2 x u' (1 - h)),  as h' = u' (1 - tanh^2 u) / 2 = 2 u' h (1 - h),
-        # u' = c (1 + 3 * 0.044715 x^2)
-        d = x * x
-        d *= 2 * _GELU_C * 3 * 0.044715
-        d += 2 * _GELU_C                 # 2 u'
-        d *= x
-        d *= backend.xp.subtract(1.0, h)
-        d += 1.0
-        d *= h
-        d *= g
+        xp = backend.xp
+        d = xp.empty(h.shape, h.dtype)
+
+        def gelu_grad_rows(x, h, g, d):
+            # d gelu/dx = h + x h' = h (1 + 2 x u' (1 - h)),  as h' = u' (1 - tanh^2 u) / 2 = 2 u' h (1 - h),
+            # u' = c (1 + 3 * 0.044715 x^2)
+            xp.multiply(x, x, out=d)
+            d *= 2 * _GELU_C * 3 * 0.044715
+            d += 2 * _GELU_C             # 2 u'
+            d *= x
+            d *= xp.subtract(1.0, h)
+            d += 1.0
+            d *= h
+            d *= g
+
+        backend.rows(gelu_grad_rows, *backend.as_rows(x, h, g, d))
         return d
 
 

@@ -54,13 +54,18 @@ class LayerNorm(Function):
     @staticmethod
     def forward(ctx, x, w, b, eps=1e-5):
         xp = backend.xp
-        mu = x.mean(axis=-1, keepdims=True)
-        xhat = x - mu
-        var = xp.einsum("...i,...i->...", xhat, xhat)[..., None] * (1.0 / x.shape[-1])  # no (x-mu)^2 temporary
-        rstd = 1.0 / xp.sqrt(var + eps)                     # 1/sigma, (..., 1)
-        xhat *= rstd                                        # (x - mu)/sigma, in place
-        y = xhat * w
-        y += b
+        xhat, y = xp.empty(x.shape, x.dtype), xp.empty(x.shape, x.dtype)
+        rstd = xp.empty(x.shape[:-1] + (1,), x.dtype)     # 1/sigma, (..., 1)
+
+        def layer_norm_rows(x, xhat, rstd, y):
+            xp.subtract(x, x.mean(axis=-1, keepdims=True), out=xhat)                     # x - mu
+            var = xp.einsum("...i,...i->...", xhat, xhat)[..., None] * (1.0 / x.shape[-1])  # no (x-mu)^2 temporary
+            xp.divide(1.0, xp.sqrt(var + eps), out=rstd)
+            xhat *= rstd                                    # (x - mu)/sigma, in place
+            xp.multiply(xhat, w, out=y)
+            y += b
+
+        backend.rows(layer_norm_rows, *backend.as_rows(x, xhat, rstd, y))   # rows in parallel threads
         ctx.save_for_backward(xhat, rstd, w)
         return y
 
@@ -74,12 +79,17 @@ class LayerNorm(Function):
         gb = g2.sum(axis=0) if need_b else None                    # dL/db = sum g
         gx = None
         if need_x:
-            # dL/dx = (1/sigma) (gh - mean(gh) - xhat * mean(gh * xhat)),   gh = g * w
-            gh = g * w
-            gx = xhat * (xp.einsum("...i,...i->...", gh, xhat)[..., None] * (1.0 / d))
-            gx += gh.mean(axis=-1, keepdims=True)
-            xp.subtract(gh, gx, out=gx)
-            gx *= rstd
+            gx = xp.empty(xhat.shape, g.dtype)
+
+            def layer_norm_grad_rows(g, xhat, rstd, gx):
+                # dL/dx = (1/sigma) (gh - mean(gh) - xhat * mean(gh * xhat)),   gh = g * w
+                gh = g * w
+                xp.multiply(xhat, xp.einsum("...i,...i->...", gh, xhat)[..., None] * (1.0 / d), out=gx)
+                gx += gh.mean(axis=-1, keepdims=True)
+                xp.subtract(gh, gx, out=gx)
+                gx *= rstd
+
+            backend.rows(layer_norm_grad_rows, *backend.as_rows(g, xhat, rstd, gx))
         return gx, gw, gb
 
 
@@ -104,12 +114,19 @@ class CrossEntropy(Function):
         keep = targets != ignore_index                       # (N,)
         n = int(keep.sum())
         safe_t = xp.where(keep, targets, 0)
-        rows = xp.arange(logits.shape[0])
-        # -log softmax(x)[t] = log sum_j e^(z_j) - z_t,  z = x - max(x)   (stable)
-        p = logits - logits.max(axis=1, keepdims=True)
-        z_t = p[rows, safe_t]
-        xp.exp(p, out=p)
-        s = p.sum(axis=1)                                    # (N,)
+        p = xp.empty(logits.shape, logits.dtype)
+        z_t = xp.empty((logits.shape[0], 1), logits.dtype)
+        s = xp.empty((logits.shape[0], 1), logits.dtype)
+
+        def softmax_rows(x, t, p, z_t, s):
+            # -log softmax(x)[t] = log sum_j e^(z_j) - z_t,  z = x - max(x)   (stable)
+            xp.subtract(x, x.max(axis=1, keepdims=True), out=p)
+            z_t[:] = xp.take_along_axis(p, t, axis=1)
+            xp.exp(p, out=p)
+            p.sum(axis=1, keepdims=True, out=s)
+
+        backend.rows(softmax_rows, logits, safe_t[:, None], p, z_t, s)   # rows in parallel threads
+        z_t, s = z_t[:, 0], s[:, 0]                          # (N,)
         loss = ((xp.log(s) - z_t) * keep).sum() / max(n, 1)
         # keep e^z and its row sums: backward normalises while it scales (one pass fewer here)
         ctx.save_for_backward(p, s, safe_t, keep, n)
@@ -126,7 +143,11 @@ class CrossEntropy(Function):
         # dL/dlogits_i = (softmax_i - onehot(t_i)) w_i,  softmax_i = e_i / s_i,  w_i = g/n (kept rows) or 0
         w = (keep * (g / max(n, 1))).astype(e.dtype)        # (N,)
         grad = e                                            # reuse the saved buffer (backward runs once)
-        grad *= (w / s)[:, None]
+
+        def scale_rows(grad, f):
+            grad *= f
+
+        backend.rows(scale_rows, grad, (w / s)[:, None])
         grad[xp.arange(grad.shape[0]), t] -= w
         ctx.saved = None
         return grad, None
@@ -276,10 +297,13 @@ class Attention(Function):
             xp.copyto(s, s.dtype.type(_NEG), where=mask)         # in place, broadcast over B and H
             # a row with every key blocked has constant scores: nothing flows back through them
             grad_scale = (~mask.all(axis=-1, keepdims=True)) * s.dtype.type(scale)  # (B|1, 1, Tq, 1)
-        # A = softmax(S) along the keys, in place
-        s -= s.max(axis=-1, keepdims=True)
-        xp.exp(s, out=s)
-        s *= 1.0 / s.sum(axis=-1, keepdims=True)                # one division per row, not per entry
+
+        def softmax_rows(s):                                     # A = softmax(S) along the keys, in place
+            s -= s.max(axis=-1, keepdims=True)
+            xp.exp(s, out=s)
+            s *= 1.0 / s.sum(axis=-1, keepdims=True)            # one division per row, not per entry
+
+        backend.rows(softmax_rows, *backend.as_rows(s))          # blocks of rows in parallel threads
         out = backend.matmul(s, v)                               # (B, H, Tq, D)
         ctx.save_for_backward(q, k, v, s, grad_scale, P,
                               None if k_prefix is None else k_prefix.shape)
@@ -300,9 +324,13 @@ class Attention(Function):
             # dL/dA = G V'^T;  dL/dS = A * (dL/dA - sum_j A_j dL/dA_j)  (softmax backward)
             vt = backend.xp.ascontiguousarray(v.swapaxes(-1, -2))  # (B, H, D, P+Tk), see forward
             ga = backend.matmul(g, vt)                            # (B, H, Tq, P+Tk)
+
+            def softmax_grad_rows(ga, a):                         # in place: ga becomes dL/dS
+                ga -= backend.xp.einsum("...j,...j->...", ga, a)[..., None]  # row dot products
+                ga *= a
+
+            backend.rows(softmax_grad_rows, *backend.as_rows(ga, a))
             gs = ga
-            gs -= backend.xp.einsum("...j,...j->...", ga, a)[..., None]  # row dot products, no temporary
-            gs *= a
             # through S = (Q scale) K'^T: the scale (0 on fully masked rows) goes on the small side
             if need_q:
                 gq = backend.matmul(gs, k)                        # dL/dQ = dL/dS K' scale

@@ -1,0 +1,161 @@
+"""Row-parallel elementwise work (backend.rows): the fused ops, run on blocks of rows in several
+threads, must give the SAME bits as one thread, forward and backward, and still pass float64
+gradient checks. The threshold `backend.MIN_PARALLEL` is set to 0 here, so that even the small
+arrays of a test are cut into blocks (odd row counts, more threads than some arrays have rows)."""
+from __future__ import annotations
+
+import os
+
+import numpy
+import pytest
+
+import minipeft
+from minipeft import backend, ops
+from minipeft.autograd import Tensor
+from minipeft.gradcheck import gradcheck
+from minipeft.optim import AdamW
+
+pytestmark = pytest.mark.task_backend
+
+
+@pytest.fixture
+def threaded(monkeypatch):
+    """Yields a function `with_threads(n, fn)`: runs fn() with n threads and every array split."""
+    monkeypatch.setattr(backend, "MIN_PARALLEL", 0)
+    saved = backend.get_threads()
+
+    def with_threads(n, fn):
+        backend.set_threads(n)
+        try:
+            return fn()
+        finally:
+            backend.set_threads(saved)
+    yield with_threads
+    backend.set_threads(saved)
+
+
+def test_rows_splits_every_array_at_the_same_rows(threaded):
+    seen = []
+
+    def record(a, b):
+        assert a.shape[0] == b.shape[0]
+        seen.append((int(a[0, 0]), a.shape[0]))
+        b[:] = a * 2
+    a = numpy.arange(7 * 3, dtype=numpy.float64).reshape(7, 3)
+    b = numpy.zeros_like(a)
+    threaded(3, lambda: backend.rows(record, a, b))
+    assert sorted(seen) == [(0, 3), (9, 3), (18, 1)], f"blocks (first value, rows): {sorted(seen)}"
+    numpy.testing.assert_array_equal(b, a * 2)
+
+
+def test_rows_reraises_an_error_of_a_worker_thread(threaded):
+    def fail_on_second_block(a):
+        if a[0] != 0:
+            raise ValueError(f"block starting at {a[0]}")
+    with pytest.raises(ValueError, match="block starting at"):
+        threaded(2, lambda: backend.rows(fail_on_second_block, numpy.arange(10)))
+
+
+def test_set_threads_rejects_zero():
+    with pytest.raises(ValueError, match="at least 1"):
+        backend.set_threads(0)
+
+
+def test_rows_works_in_a_forked_child(threaded):
+    # a child made by fork() inherits the pool object but none of its threads: rows must make a
+    # new pool there instead of waiting forever for a thread that does not exist
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork() on this platform")
+    backend.set_threads(2)
+    backend.rows(lambda a: None, numpy.zeros((4, 4)))           # the parent's pool exists now
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                                # the child
+        os.close(r)
+        out = numpy.zeros((6, 2))
+        backend.rows(lambda o: o.__setitem__(slice(None), 1.0), out)
+        os.write(w, b"ok" if out.sum() == 12 else b"bad")
+        os._exit(0)
+    os.close(w)
+    import select
+    ready, _, _ = select.select([r], [], [], 20)
+    os.waitpid(pid, 0)
+    assert ready, "the forked child did not finish within 20 s (rows waited for a thread that does not exist)"
+    assert os.read(r, 8) == b"ok"
+
+
+def _run_op(make_inputs, fn):
+    """Forward and backward of fn on fresh float32 inputs; returns (output, input grads) on the host."""
+    xs = make_inputs()
+    y = fn(*xs)
+    g = numpy.random.default_rng(1).standard_normal(y.shape).astype(y.data.dtype)
+    (y * Tensor(backend.to_device(g))).sum().backward()
+    return backend.to_numpy(y.data), [backend.to_numpy(x.grad) for x in xs if x.requires_grad]
+
+
+def _inputs(*shapes, seed=0, dtype=numpy.float32):
+    rng = numpy.random.default_rng(seed)
+    return lambda: [Tensor(backend.to_device(rng_normal(rng, s, dtype)), requires_grad=True) for s in shapes]
+
+
+def rng_normal(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+OPS = {
+    "gelu": ((7, 5, 9),), "layer_norm": ((7, 5, 9), (9,), (9,)),
+    "cross_entropy": ((13, 11),), "attention": ((3, 2, 5, 4), (3, 2, 5, 4), (3, 2, 5, 4)),
+    "attention_prefix": ((3, 2, 5, 4), (3, 2, 5, 4), (3, 2, 5, 4), (1, 2, 2, 4), (1, 2, 2, 4)),
+}
+TARGETS = numpy.array([1, 0, 10, -100, 3, 3, 7, 2, -100, 9, 5, 0, 4])
+
+
+def _op(name):
+    if name == "gelu":
+        return ops.gelu
+    if name == "layer_norm":
+        return ops.layer_norm
+    if name == "cross_entropy":
+        return lambda x: ops.cross_entropy(x, TARGETS)
+    if name == "attention":
+        return lambda q, k, v: ops.attention(q, k, v, causal=True)
+    return lambda q, k, v, kp, vp: ops.attention(q, k, v, kp, vp, causal=True)
+
+
+@pytest.mark.parametrize("name", list(OPS))
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_threaded_op_is_bit_identical_to_one_thread(threaded, name, n):
+    minipeft.use("numpy")
+    make = _inputs(*OPS[name])
+    y1, g1 = threaded(1, lambda: _run_op(make, _op(name)))
+    make = _inputs(*OPS[name])
+    yn, gn = threaded(n, lambda: _run_op(make, _op(name)))
+    assert numpy.array_equal(y1, yn), f"{name}: forward with {n} threads differs from 1 thread " \
+                                      f"(max |diff| {numpy.abs(y1 - yn).max():.3g})"
+    for i, (a, b) in enumerate(zip(g1, gn)):
+        assert numpy.array_equal(a, b), f"{name}: gradient of input {i} with {n} threads differs " \
+                                        f"(max |diff| {numpy.abs(a - b).max():.3g})"
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_threaded_op_passes_the_float64_gradient_check(threaded, name):
+    minipeft.use("numpy")
+    xs = _inputs(*OPS[name], dtype=numpy.float64)()
+    threaded(3, lambda: gradcheck(_op(name), *xs, name=f"{name}, 3 threads"))
+
+
+def test_threaded_adamw_is_bit_identical_to_one_thread(threaded):
+    minipeft.use("numpy")
+
+    def train():
+        rng = numpy.random.default_rng(0)
+        ps = [Tensor(rng.standard_normal(s).astype(numpy.float32), requires_grad=True) for s in [(17, 5), (3,)]]
+        opt = AdamW(ps, lr=1e-2, weight_decay=0.1)
+        for _ in range(3):
+            for p in ps:
+                p.grad = rng.standard_normal(p.shape).astype(numpy.float32)
+            opt.step()
+        return [p.data.copy() for p in ps]
+    one, many = threaded(1, train), threaded(3, train)
+    for a, b in zip(one, many):
+        assert numpy.array_equal(a, b), f"AdamW with 3 threads differs: max |diff| {numpy.abs(a - b).max():.3g}"
