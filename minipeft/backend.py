@@ -23,11 +23,13 @@ from __future__ import annotations
 import os
 import sys
 
-# OpenBLAS keeps its idle threads spinning for ~0.1 s after each matrix product; they would take
-# the cores from the threads of `rows` (below). 4 = sleep at once (2^4 cycles). OpenBLAS reads it
-# when NumPy is first imported, so it only counts if NumPy is not loaded yet (see _default_threads).
+# OpenBLAS keeps its idle threads spinning for 2^28 cycles (~0.1 s) after each matrix product; they
+# would take the cores from the threads of `rows` (below). 16 = spin 2^16 cycles (~25 us): long
+# enough to stay awake between the small products of one batched matmul (attention), short enough
+# to free the cores for the elementwise work that follows (measured: bench/RESULTS.md). OpenBLAS
+# reads it when NumPy is first imported, so it only counts if NumPy is not loaded yet.
 _BLAS_TIMEOUT_SET = "numpy" not in sys.modules or "OPENBLAS_THREAD_TIMEOUT" in os.environ
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
 
 import numpy  # noqa: E402
 
@@ -236,7 +238,7 @@ def scatter_add(target, indices, values):
 def _default_threads() -> int:
     """$MINIPEFT_THREADS if set; else the usable cores, but 1 when NumPy was imported before
     minipeft (its OpenBLAS threads then spin after every product and two threads of `rows`
-    measured 3 % slower than one: import minipeft first, or set OPENBLAS_THREAD_TIMEOUT=4)."""
+    measured 3 % slower than one: import minipeft first, or set OPENBLAS_THREAD_TIMEOUT=16)."""
     env = os.environ.get("MINIPEFT_THREADS")
     if env:
         return max(1, int(env))
@@ -258,6 +260,8 @@ def set_threads(n: int) -> None:
     global _threads, _pool
     if int(n) < 1:
         raise ValueError(f"set_threads: need at least 1 thread, got {n}")
+    if _pool is not None and _pool_pid == os.getpid():
+        _pool.shutdown(wait=False)                  # its idle threads exit; `rows` makes a new pool
     _threads, _pool = int(n), None
 
 

@@ -186,7 +186,7 @@ def execute_notebook(path: str, fast: bool, timeout: float | None = None, save: 
     kenv["PYTHONPATH"] = os.pathsep.join([REPO] + [p for p in kenv.get("PYTHONPATH", "").split(os.pathsep) if p])
     # notebooks import matplotlib (hence NumPy) before minipeft: set the OpenBLAS setting that
     # backend.py would set, so that the fused ops use every core in the kernel (see backend.rows)
-    kenv.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+    kenv.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
     kenv.update(env or {})
     start = time.perf_counter()
     deadline = None if timeout is None else start + timeout

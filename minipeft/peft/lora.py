@@ -88,7 +88,8 @@ class LoraLinear(AdapterLayer):
     def delta(self, name: str, x):
         """(alpha/r) B A dropout(x):  (..., d_in) -> (..., d_out)."""
         x = ops.dropout(x, self.dropout[name], self.training)
-        return self.lora_B[name](self.lora_A[name](x)) * self.scaling[name]
+        # the scaling goes on the thin (..., r) activation: one pass over r columns, not d_out
+        return self.lora_B[name](self.lora_A[name](x) * self.scaling[name])
 
     def forward(self, x):
         y = self.base_layer(x)                                   # W0 x + b  (frozen)
