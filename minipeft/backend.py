@@ -279,27 +279,45 @@ def rows(fn, *arrays) -> None:
             ...; xp.tanh(..., out=y); ...
         backend.rows(gelu_rows, x2, y2)          # x2, y2: (N, d)
 
-    Small arrays, one thread, or the CuPy backend: one call fn(*arrays) in this thread."""
+    Small arrays, one thread, or the CuPy backend: one call fn(*arrays) in this thread.
+    The workers run under the caller's numpy.errstate, and `rows` returns only when every block
+    is done, also when one of them raised (the first error is re-raised). Not meant to be called
+    from several user threads at once while another changes `set_threads`."""
     global _pool, _pool_pid
     n, k = arrays[0].shape[0], _threads
+    if any(a.shape[0] != n for a in arrays):
+        raise ValueError(f"backend.rows: every array needs the same number of rows (first axis), got "
+                         f"{[a.shape for a in arrays]}")
     if name != "numpy" or k < 2 or n < 2 or arrays[0].size < MIN_PARALLEL:
         fn(*arrays)
         return
     if _pool is None or _pool_pid != os.getpid():   # a forked child has no threads: new pool
         from concurrent.futures import ThreadPoolExecutor
         _pool, _pool_pid = ThreadPoolExecutor(max_workers=k - 1, thread_name_prefix="minipeft"), os.getpid()
+    err = numpy.geterr()                            # NumPy's error state is per thread: pass it on
+
+    def block(i):
+        with numpy.errstate(**err):
+            fn(*(a[i:i + step] for a in arrays))
+
     step = -(-n // min(k, n))                       # rows per block, ceil(n / k)
-    futures = [_pool.submit(fn, *(a[i:i + step] for a in arrays)) for i in range(step, n, step)]
-    fn(*(a[:step] for a in arrays))                 # this thread does the first block
-    for f in futures:
-        f.result()                                  # waits, and re-raises an error of a worker
+    futures = [_pool.submit(block, i) for i in range(step, n, step)]
+    try:
+        fn(*(a[:step] for a in arrays))             # this thread does the first block
+    finally:
+        errors = [f.exception() for f in futures]   # waits for every worker, even after an error here
+    for e in errors:
+        if e is not None:
+            raise e
 
 
 def as_rows(*arrays):
-    """Each array as a 2-d (rows, last axis) array for `rows`. Outputs must be C-contiguous (made
-    with xp.empty(shape, dtype)), so that their 2-d form is a view; an input that is not
-    contiguous is copied, which is harmless as it is only read."""
-    return [a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1) for a in arrays]
+    """Each array as a C-contiguous 2-d (rows, last axis) array for `rows`. Outputs must be made
+    C-contiguous (xp.empty(shape, dtype)), so that this is a view of them and writes land; an
+    input that is not contiguous is copied (it is only read), which also keeps each row's
+    reductions in the same order whatever block it falls in."""
+    return [xp.ascontiguousarray(a).reshape(-1, a.shape[-1]) if a.ndim and a.shape[-1] else a.reshape(1, -1)
+            for a in arrays]
 
 
 def synchronize() -> None:

@@ -370,6 +370,9 @@ class AdamW(Optimizer):
             tmp *= lr / bc1                                # tmp = lr * m_hat / (sqrt(v_hat) + eps)
             theta -= tmp                                   # theta <- theta - tmp
 
+        if g.shape != theta.shape:
+            raise ValueError(f"AdamW: the gradient has shape {tuple(g.shape)} but its parameter has shape "
+                             f"{tuple(theta.shape)}; a gradient must have its parameter's shape")
         if theta.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous:
             # flat views, cut into blocks that parallel threads update (backend.rows)
             backend.rows(adamw_block, theta.reshape(-1), m.reshape(-1), v.reshape(-1), g.reshape(-1))

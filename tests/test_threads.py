@@ -159,3 +159,76 @@ def test_threaded_adamw_is_bit_identical_to_one_thread(threaded):
     one, many = threaded(1, train), threaded(3, train)
     for a, b in zip(one, many):
         assert numpy.array_equal(a, b), f"AdamW with 3 threads differs: max |diff| {numpy.abs(a - b).max():.3g}"
+
+
+# ----------------------------------------------------------------------------- edge cases
+
+WIDE = {"gelu": ((3, 300),), "layer_norm": ((7, 300), (300,), (300,)), "cross_entropy": ((13, 300),)}
+
+
+@pytest.mark.parametrize("name", list(WIDE))
+@pytest.mark.parametrize("transposed", [False, True], ids=["contiguous", "transposed input"])
+def test_wide_and_transposed_rows_are_bit_identical(threaded, name, transposed):
+    # rows longer than NumPy's pairwise-summation block (128), and an input that is a transposed
+    # view: a row's reductions must not depend on the block it falls in
+    minipeft.use("numpy")
+
+    def make():
+        rng = numpy.random.default_rng(3)
+        xs = []
+        for i, s in enumerate(WIDE[name]):
+            a = rng.standard_normal(s[::-1] if (transposed and i == 0) else s).astype(numpy.float32)
+            xs.append(Tensor(a.T if (transposed and i == 0) else a, requires_grad=True))
+        return xs
+    y1, g1 = threaded(1, lambda: _run_op(make, _op(name)))
+    y3, g3 = threaded(3, lambda: _run_op(make, _op(name)))
+    assert numpy.array_equal(y1, y3), f"{name}: forward differs with 3 threads (max |diff| {numpy.abs(y1 - y3).max():.3g})"
+    for i, (a, b) in enumerate(zip(g1, g3)):
+        assert numpy.array_equal(a, b), f"{name}: gradient {i} differs with 3 threads (max |diff| {numpy.abs(a - b).max():.3g})"
+
+
+@pytest.mark.parametrize("shape", [(), (7,), (4, 0)], ids=["0-d", "1-d", "zero width"])
+def test_gelu_on_small_and_empty_shapes(threaded, shape):
+    minipeft.use("numpy")
+    x = numpy.linspace(-2, 2, int(numpy.prod(shape))).reshape(shape)
+    y = threaded(2, lambda: ops.gelu(Tensor(x)).data)
+    expected = 0.5 * x * (1 + numpy.tanh(numpy.sqrt(2 / numpy.pi) * (x + 0.044715 * x ** 3)))
+    assert y.shape == shape
+    numpy.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-15)
+
+
+def test_workers_run_under_the_callers_errstate(threaded):
+    # NumPy's error state is per thread: without passing it on, only the caller's block would raise
+    minipeft.use("numpy")
+    x = numpy.zeros((4, 64), dtype=numpy.float32)
+    x[-1, 0] = 1e30                                    # the last block: x * x overflows in a worker
+    with numpy.errstate(over="raise"):
+        with pytest.raises(FloatingPointError):
+            threaded(2, lambda: ops.gelu(Tensor(x)))
+
+
+def test_rows_waits_for_every_block_when_one_fails(threaded):
+    import time as _time
+    out = numpy.zeros((4, 8))
+
+    def slow_or_fail(o):
+        if o is not None and o.base is not None and numpy.shares_memory(o, out[:2]):
+            raise RuntimeError("first block")
+        _time.sleep(0.2)
+        o += 1
+    with pytest.raises(RuntimeError, match="first block"):
+        threaded(2, lambda: backend.rows(slow_or_fail, out))
+    assert out[2:].sum() == 16, "rows returned before the second block had finished"
+
+
+def test_rows_rejects_arrays_with_different_row_counts(threaded):
+    with pytest.raises(ValueError, match="same number of rows"):
+        threaded(2, lambda: backend.rows(lambda a, b: None, numpy.zeros((4, 2)), numpy.zeros((3, 2))))
+
+
+def test_adamw_rejects_a_gradient_of_the_wrong_shape():
+    minipeft.use("numpy")
+    p = Tensor(numpy.zeros((9, 6), dtype=numpy.float32), requires_grad=True)
+    p.grad = numpy.ones((6, 9), dtype=numpy.float32)
+    with pytest.raises(ValueError, match="gradient has shape"):
+        AdamW([p], lr=0.1).step()

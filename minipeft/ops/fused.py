@@ -54,7 +54,8 @@ class LayerNorm(Function):
     @staticmethod
     def forward(ctx, x, w, b, eps=1e-5):
         xp = backend.xp
-        xhat, y = xp.empty(x.shape, x.dtype), xp.empty(x.shape, x.dtype)
+        xhat = xp.empty(x.shape, x.dtype)
+        y = xp.empty(x.shape, xp.result_type(x, w, b))      # as x * w + b would be
         rstd = xp.empty(x.shape[:-1] + (1,), x.dtype)     # 1/sigma, (..., 1)
 
         def layer_norm_rows(x, xhat, rstd, y):
@@ -84,7 +85,8 @@ class LayerNorm(Function):
             def layer_norm_grad_rows(g, xhat, rstd, gx):
                 # dL/dx = (1/sigma) (gh - mean(gh) - xhat * mean(gh * xhat)),   gh = g * w
                 gh = g * w
-                xp.multiply(xhat, xp.einsum("...i,...i->...", gh, xhat)[..., None] * (1.0 / d), out=gx)
+                mean_gh_xhat = xp.einsum("...i,...i->...", gh, xhat)[..., None] * (1.0 / d)  # (n, 1)
+                xp.multiply(xhat, mean_gh_xhat, out=gx)
                 gx += gh.mean(axis=-1, keepdims=True)
                 xp.subtract(gh, gx, out=gx)
                 gx *= rstd
@@ -118,14 +120,14 @@ class CrossEntropy(Function):
         z_t = xp.empty((logits.shape[0], 1), logits.dtype)
         s = xp.empty((logits.shape[0], 1), logits.dtype)
 
-        def softmax_rows(x, t, p, z_t, s):
+        def exp_rows(x, t, p, z_t, s):
             # -log softmax(x)[t] = log sum_j e^(z_j) - z_t,  z = x - max(x)   (stable)
             xp.subtract(x, x.max(axis=1, keepdims=True), out=p)
             z_t[:] = xp.take_along_axis(p, t, axis=1)
             xp.exp(p, out=p)
             p.sum(axis=1, keepdims=True, out=s)
 
-        backend.rows(softmax_rows, logits, safe_t[:, None], p, z_t, s)   # rows in parallel threads
+        backend.rows(exp_rows, xp.ascontiguousarray(logits), safe_t[:, None], p, z_t, s)   # rows in parallel threads
         z_t, s = z_t[:, 0], s[:, 0]                          # (N,)
         loss = ((xp.log(s) - z_t) * keep).sum() / max(n, 1)
         # keep e^z and its row sums: backward normalises while it scales (one pass fewer here)
