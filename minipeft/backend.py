@@ -239,9 +239,12 @@ def _default_threads() -> int:
     """$MINIPEFT_THREADS if set; else the usable cores, but 1 when NumPy was imported before
     minipeft (its OpenBLAS threads then spin after every product and two threads of `rows`
     measured 3 % slower than one: import minipeft first, or set OPENBLAS_THREAD_TIMEOUT=16)."""
-    env = os.environ.get("MINIPEFT_THREADS")
+    env = os.environ.get("MINIPEFT_THREADS", "").strip()
     if env:
-        return max(1, int(env))
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(f"MINIPEFT_THREADS={env!r}: expected a positive integer (1 = no extra threads); "
+                             f"unset it to use every usable core")
+        return int(env)
     if not _BLAS_TIMEOUT_SET:
         return 1
     try:

@@ -232,3 +232,11 @@ def test_adamw_rejects_a_gradient_of_the_wrong_shape():
     p.grad = numpy.ones((6, 9), dtype=numpy.float32)
     with pytest.raises(ValueError, match="gradient has shape"):
         AdamW([p], lr=0.1).step()
+
+
+def test_a_bad_minipeft_threads_value_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("MINIPEFT_THREADS", "two")
+    with pytest.raises(ValueError, match="MINIPEFT_THREADS='two': expected a positive integer"):
+        backend._default_threads()
+    monkeypatch.setenv("MINIPEFT_THREADS", "3")
+    assert backend._default_threads() == 3
