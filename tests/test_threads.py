@@ -240,3 +240,35 @@ def test_a_bad_minipeft_threads_value_is_a_clear_error(monkeypatch):
         backend._default_threads()
     monkeypatch.setenv("MINIPEFT_THREADS", "3")
     assert backend._default_threads() == 3
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("arch", ["gpt2", "bert"])
+def test_training_steps_are_bit_identical_with_threads(threaded, method, arch):
+    # the whole model end to end: two AdamW steps with every array cut into blocks (3 threads)
+    # must give exactly the losses and weights of one thread
+    minipeft.use("numpy")
+    from minipeft import peft
+    from minipeft.nn import Transformer, TransformerConfig
+
+    def train():
+        minipeft.manual_seed(0)
+        model = Transformer(TransformerConfig(arch=arch, vocab_size=50, n_ctx=16, d_model=32, n_layer=2, n_head=4))
+        if method == "lora":
+            model = peft.apply(model, peft.LoraConfig(r=4, target_modules=("q", "v", "fc")))
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = AdamW(params, lr=1e-2)
+        ids = numpy.random.default_rng(1).integers(0, 50, size=(5, 13))
+        losses = []
+        for _ in range(2):
+            _, loss = model(ids[:, :-1], ids[:, 1:])    # bert: its MLM head on every position
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append(float(loss.data))
+        return losses, [p.data.copy() for p in params]
+    (l1, p1), (l3, p3) = threaded(1, train), threaded(3, train)
+    assert l1 == l3, f"{arch} {method}: losses with 3 threads {l3} differ from 1 thread {l1}"
+    for i, (a, b) in enumerate(zip(p1, p3)):
+        assert numpy.array_equal(a, b), f"{arch} {method}: parameter {i} differs after 2 steps " \
+                                        f"(max |diff| {numpy.abs(a - b).max():.3g})"
