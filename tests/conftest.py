@@ -25,7 +25,11 @@ from __future__ import annotations
 
 import os
 
-import numpy
+# what `import minipeft` would set before NumPy loads (see minipeft/backend.py): here NumPy comes
+# first, so set it ourselves, and the suite runs the fused ops on every core as users do
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
+
+import numpy  # noqa: E402
 import pytest
 
 import minipeft
