@@ -28,8 +28,9 @@ import sys
 # enough to stay awake between the small products of one batched matmul (attention), short enough
 # to free the cores for the elementwise work that follows (measured: bench/RESULTS.md). OpenBLAS
 # reads it when NumPy is first imported, so it only counts if NumPy is not loaded yet.
+OPENBLAS_THREAD_TIMEOUT = "16"
 _BLAS_TIMEOUT_SET = "numpy" not in sys.modules or "OPENBLAS_THREAD_TIMEOUT" in os.environ
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", OPENBLAS_THREAD_TIMEOUT)
 
 import numpy  # noqa: E402
 

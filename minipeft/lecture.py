@@ -176,6 +176,7 @@ def execute_notebook(path: str, fast: bool, timeout: float | None = None, save: 
     import nbformat
     from nbclient import NotebookClient
 
+    from . import backend
     nb = nbformat.read(path, as_version=4)
     kenv = dict(os.environ)
     kenv.pop(FAST_ENV, None)
@@ -186,7 +187,7 @@ def execute_notebook(path: str, fast: bool, timeout: float | None = None, save: 
     kenv["PYTHONPATH"] = os.pathsep.join([REPO] + [p for p in kenv.get("PYTHONPATH", "").split(os.pathsep) if p])
     # notebooks import matplotlib (hence NumPy) before minipeft: set the OpenBLAS setting that
     # backend.py would set, so that the fused ops use every core in the kernel (see backend.rows)
-    kenv.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
+    kenv.setdefault("OPENBLAS_THREAD_TIMEOUT", backend.OPENBLAS_THREAD_TIMEOUT)
     kenv.update(env or {})
     start = time.perf_counter()
     deadline = None if timeout is None else start + timeout

@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import os
 
-# what `import minipeft` would set before NumPy loads (see minipeft/backend.py): here NumPy comes
-# first, so set it ourselves, and the suite runs the fused ops on every core as users do
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
-
-import numpy  # noqa: E402
-import pytest
-
+# minipeft first: it sets OpenBLAS's thread timeout before NumPy loads (minipeft/backend.py), so the
+# suite runs the fused ops on every core, as users who `import minipeft` first do
 import minipeft
 from minipeft import backend as _backend
 from minipeft.autograd import Tensor
+
+import numpy  # noqa: E402  (after minipeft, on purpose)
+import pytest
 
 TASK_MARKERS = {
     "task_backend": "the array-module switch, transfers, scatter-add, RNG",
