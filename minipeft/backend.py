@@ -298,13 +298,13 @@ def rows(fn, *arrays) -> None:
     if _pool is None or _pool_pid != os.getpid():   # a forked child has no threads: new pool
         from concurrent.futures import ThreadPoolExecutor
         _pool, _pool_pid = ThreadPoolExecutor(max_workers=k - 1, thread_name_prefix="minipeft"), os.getpid()
+    step = -(-n // min(k, n))                       # rows per block, ceil(n / k)
     err = numpy.geterr()                            # NumPy's error state is per thread: pass it on
 
     def block(i):
         with numpy.errstate(**err):
             fn(*(a[i:i + step] for a in arrays))
 
-    step = -(-n // min(k, n))                       # rows per block, ceil(n / k)
     futures = [_pool.submit(block, i) for i in range(step, n, step)]
     try:
         fn(*(a[:step] for a in arrays))             # this thread does the first block

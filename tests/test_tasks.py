@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from minipeft import backend, tasks
+from minipeft import backend, peft, tasks
 from minipeft.data.tokenizer import load_default
 from minipeft.nn import Transformer, TransformerConfig
 
@@ -136,8 +136,8 @@ def test_lm_loss_on_target_positions_equals_the_full_logits_loss(tok):
 
 
 @pytest.mark.parametrize("make_config", [
-    lambda: __import__("minipeft.peft", fromlist=["LoraConfig"]).LoraConfig(r=2),
-    lambda: __import__("minipeft.peft", fromlist=["FullConfig"]).FullConfig(top_k_layers=1, layer_lr_decay=0.5),
+    lambda: peft.LoraConfig(r=2),
+    lambda: peft.FullConfig(top_k_layers=1, layer_lr_decay=0.5),
 ], ids=["lora", "full-topk-lr-decay"])
 def test_finetune_end_to_end_on_the_smallest_shipped_decoder(tmp_path, make_config):
     import json
