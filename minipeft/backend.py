@@ -213,8 +213,7 @@ def scatter_add(target, indices, values):
     (`target[indices] += values` is wrong with repeated indices: the last write wins.)
     """
     if name == "cupy":
-        import cupyx  # part of the cupy package
-        cupyx.scatter_add(target, indices, values)
+        xp.add.at(target, indices, values)  # CuPy's ufunc.at adds atomically: repeats are correct
         return target
     if indices.size == 0:  # nothing to add (reduceat below cannot take an empty input)
         return target

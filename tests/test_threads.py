@@ -20,7 +20,10 @@ pytestmark = pytest.mark.task_backend
 
 @pytest.fixture
 def threaded(monkeypatch):
-    """Yields a function `with_threads(n, fn)`: runs fn() with n threads and every array split."""
+    """Yields a function `with_threads(n, fn)`: runs fn() with n threads and every array split.
+    On NumPy: on CuPy `rows` makes one call (the GPU is parallel already; see the last test), so
+    this fixture switches to NumPy also when the suite runs with MINIPEFT_BACKEND=cupy."""
+    minipeft.use("numpy")
     monkeypatch.setattr(backend, "MIN_PARALLEL", 0)
     saved = backend.get_threads()
 
@@ -263,3 +266,17 @@ def test_training_steps_are_bit_identical_with_threads(threaded, method, arch):
     for i, (a, b) in enumerate(zip(p1, p3)):
         assert numpy.array_equal(a, b), f"{arch} {method}: parameter {i} differs after 2 steps " \
                                         f"(max |diff| {numpy.abs(a - b).max():.3g})"
+
+
+def test_rows_on_cupy_is_one_call_on_the_whole_arrays(backend, monkeypatch):
+    # the backend fixture runs this on NumPy and, with a GPU, on CuPy: on CuPy nothing is split
+    monkeypatch.setattr(backend, "MIN_PARALLEL", 0)
+    saved = backend.get_threads()
+    backend.set_threads(3)
+    try:
+        calls = []
+        a = backend.to_device(numpy.arange(7 * 3, dtype=numpy.float64).reshape(7, 3))
+        backend.rows(lambda blk: calls.append(blk.shape[0]), a)
+    finally:
+        backend.set_threads(saved)
+    assert sorted(calls) == ([7] if backend.name == "cupy" else [1, 3, 3]), f"{backend.name}: blocks {calls}"
