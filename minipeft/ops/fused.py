@@ -114,7 +114,9 @@ class CrossEntropy(Function):
             raise ValueError(f"cross_entropy expects logits (N, C) and targets (N,), got "
                              f"{logits.shape} and {targets.shape}; reshape with .reshape(-1, C)")
         keep = targets != ignore_index                       # (N,)
-        n = int(keep.sum())
+        # kept rows, at least 1, as a device scalar of the logits' dtype: int(keep.sum()) would
+        # make the CPU wait for the GPU here, in the middle of every training step
+        n = xp.maximum(keep.sum(), 1).astype(logits.dtype)
         safe_t = xp.where(keep, targets, 0)
         p = xp.empty(logits.shape, logits.dtype)
         z_t = xp.empty((logits.shape[0], 1), logits.dtype)
@@ -129,7 +131,7 @@ class CrossEntropy(Function):
 
         backend.rows(exp_rows, xp.ascontiguousarray(logits), safe_t[:, None], p, z_t, s)   # rows in parallel threads
         z_t, s = z_t[:, 0], s[:, 0]                          # (N,)
-        loss = ((xp.log(s) - z_t) * keep).sum() / max(n, 1)
+        loss = ((xp.log(s) - z_t) * keep).sum() / n
         # keep e^z and its row sums: backward normalises while it scales (one pass fewer here)
         ctx.save_for_backward(p, s, safe_t, keep, n)
         return xp.asarray(loss, dtype=logits.dtype)
@@ -143,7 +145,7 @@ class CrossEntropy(Function):
         e, s, t, keep, n = ctx.saved
         xp = backend.xp
         # dL/dlogits_i = (softmax_i - onehot(t_i)) w_i,  softmax_i = e_i / s_i,  w_i = g/n (kept rows) or 0
-        w = (keep * (g / max(n, 1))).astype(e.dtype)        # (N,)
+        w = (keep * (g / n)).astype(e.dtype)                # (N,)
         grad = e                                            # reuse the saved buffer (backward runs once)
 
         def scale_rows(grad, f):
