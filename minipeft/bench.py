@@ -12,10 +12,12 @@ When PyTorch is importable (it is never a dependency of minipeft), the same arch
 same GPT-2 initialisation (weights N(0, 0.02), biases 0), AdamW, float32 and the same number of
 CPU threads are timed in the same process, ALTERNATING one minipeft step with one PyTorch step,
 so that noise from other processes on the machine hits both. `ratio` = minipeft / torch.
+With `--backend cupy`, PyTorch runs on the same GPU ("cuda"; both in plain float32, no TF32,
+which is the default of both libraries), each step timed between two synchronisations.
 Threads: PyTorch gets torch.set_num_threads(os.cpu_count()); NumPy's OpenBLAS uses its default, one
 thread per core; minipeft's fused elementwise work runs on backend.get_threads() threads
 (backend.rows; MINIPEFT_THREADS=1 turns that off). Before each step the bench pauses
-0.15 s (PAUSE_S), and by default it makes glibc keep freed memory (see keep_freed_memory).
+0.15 s (PAUSE_S; not on a GPU), and by default it makes glibc keep freed memory (see keep_freed_memory).
 Results and the method are recorded in bench/RESULTS.md.
 
 Reported quantities (JSON keys):
@@ -25,10 +27,12 @@ Reported quantities (JSON keys):
     peak_rss_mb            peak resident memory of the process, read BEFORE PyTorch is imported
     gflops                 matmul FLOPs of one step (see `step_flops`) / step time, in GFLOP/s
     peak_gflops            this machine's float32 matmul rate, measured in this run: the best of
-                           a loop of 1024x1024 @ 1024x1024 products (2 * 1024^3 FLOPs each)
+                           a loop of n x n @ n x n products (2 n^3 FLOPs each; n = 1024 on the
+                           CPU, 8192 on a GPU, which a smaller product leaves mostly idle)
     peak_fraction          gflops / peak_gflops
     optimizer_state_bytes  bytes held by the optimizer's state (AdamW: 2 moments per trainable)
-    torch_ms_per_step, ratio, torch_version     when PyTorch is importable (and not --no-torch)
+    torch_ms_per_step, ratio, torch_version, torch_device
+                           when PyTorch is importable (and not --no-torch)
 """
 from __future__ import annotations
 
@@ -222,8 +226,9 @@ def minipeft_step(model, opt, ids, targets):
 
 # ----------------------------------------------------------------------------- PyTorch side
 
-def torch_reference(cfg: dict, method: str, threads: int):
-    """The same GPT-2 model, initialisation and AdamW in plain PyTorch; returns (step_fn, torch).
+def torch_reference(cfg: dict, method: str, threads: int, device: str = "cpu"):
+    """The same GPT-2 model, initialisation and AdamW in plain PyTorch on `device` ("cpu" or
+    "cuda"); returns (step_fn, torch, (params, trainable)).
 
     Imported lazily: PyTorch is only a yardstick, never a dependency of minipeft.
     """
@@ -295,6 +300,7 @@ def torch_reference(cfg: dict, method: str, threads: int):
         for block in model.h:
             for name in LORA_TARGETS:
                 setattr(block.attn, name, LoRALinear(getattr(block.attn, name)))
+    model = model.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=LR, weight_decay=WEIGHT_DECAY)
 
@@ -311,9 +317,21 @@ def torch_reference(cfg: dict, method: str, threads: int):
 
 # ----------------------------------------------------------------------------- the run
 
+def torch_device_for(backend_name: str) -> str | None:
+    """Where PyTorch runs opposite minipeft: "cpu" beside NumPy, "cuda" beside CuPy; None when
+    PyTorch is not importable (or, beside CuPy, was built without CUDA)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if backend_name == "numpy":
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else None
+
+
 def run(config: str = "tiny", method: str = "full", backend_name: str = "numpy", steps: int | None = None,
         with_torch: bool = True, threads: int | None = None, tune_malloc: bool = True,
-        pause: float = PAUSE_S, warmup: int = WARMUP, seed: int = 0) -> dict:
+        pause: float | None = None, warmup: int = WARMUP, seed: int = 0, batch: int | None = None) -> dict:
     """Build, warm up and time both libraries; returns the dict that `--json` prints."""
     if config not in CONFIGS:
         raise ValueError(f"unknown config {config!r}; expected one of {sorted(CONFIGS)}")
@@ -322,8 +340,14 @@ def run(config: str = "tiny", method: str = "full", backend_name: str = "numpy",
     from . import manual_seed, use
     use(backend_name)
     xp, sync = backend.xp, backend.synchronize
-    cfg = CONFIGS[config]
+    cfg = dict(CONFIGS[config])
+    if batch is not None:
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, got {batch}")
+        cfg["batch"] = batch
     steps = steps or DEFAULT_STEPS[config]
+    if pause is None:  # the pause is for OpenBLAS's spinning threads; a GPU has none
+        pause = PAUSE_S if backend.name == "numpy" else 0.0
     threads = threads or os.cpu_count() or 1
     malloc_tuned = keep_freed_memory() if tune_malloc else False
 
@@ -342,21 +366,21 @@ def run(config: str = "tiny", method: str = "full", backend_name: str = "numpy",
     for _ in range(warmup):
         timed_minipeft()
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
-    peak = matmul_peak_gflops(xp, sync)
+    peak = matmul_peak_gflops(xp, sync, n=1024 if backend.name == "numpy" else 8192)  # a GPU needs a big product to reach its peak
 
-    timed_torch = None
-    if with_torch and backend.name == "numpy":
-        try:
-            torch_step, torch, torch_counts = torch_reference(cfg, method, threads)
-        except ImportError:
-            pass
-        else:
-            tids, ttargets = torch.from_numpy(host_ids[:, :-1]), torch.from_numpy(host_ids[:, 1:])
+    timed_torch, torch_device = None, torch_device_for(backend.name) if with_torch else None
+    if torch_device is not None:
+        torch_step, torch, torch_counts = torch_reference(cfg, method, threads, torch_device)
+        tids = torch.from_numpy(host_ids[:, :-1]).to(torch_device)
+        ttargets = torch.from_numpy(host_ids[:, 1:]).to(torch_device)
+        tsync = torch.cuda.synchronize if torch_device == "cuda" else (lambda: None)
 
-            def timed_torch():
-                t0 = time.perf_counter()
-                torch_step(tids, ttargets)
-                return time.perf_counter() - t0
+        def timed_torch():
+            tsync()
+            t0 = time.perf_counter()
+            torch_step(tids, ttargets)
+            tsync()
+            return time.perf_counter() - t0
 
             for _ in range(warmup):
                 timed_torch()
@@ -407,6 +431,7 @@ def run(config: str = "tiny", method: str = "full", backend_name: str = "numpy",
             "torch_ms_min": round(min(torch_times) * 1e3, 2),
             "ratio": round(sec / tsec, 3),
             "torch_version": torch.__version__,
+            "torch_device": torch_device,
             "torch_threads": torch.get_num_threads(),
             "torch_params": torch_counts[0], "torch_trainable": torch_counts[1],
             "pause_s": pause,
@@ -421,6 +446,9 @@ def main(argv=None) -> int:
     p.add_argument("--backend", default="numpy", help="numpy (default), cupy or auto")
     p.add_argument("--steps", type=int, default=None,
                    help=f"timed steps after {WARMUP} warm-up steps (default: tiny 20, small 10)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="override the config's batch size (e.g. to fill a GPU); the default keeps "
+                        "the config as DESIGN.md fixes it")
     p.add_argument("--warmup", type=int, default=WARMUP, help=f"untimed steps first (default {WARMUP})")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-torch", action="store_true", help="do not time the PyTorch reference")
@@ -430,13 +458,15 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         p.error("--steps must be at least 1")
+    if args.batch is not None and args.batch < 1:
+        p.error("--batch must be at least 1")
     try:
         backend.use(args.backend)
     except (RuntimeError, ValueError) as e:  # e.g. --backend cupy without a GPU: say what to install
         print(f"error: {e}", file=sys.stderr)
         return 2
     res = run(args.config, args.method, args.backend, args.steps, with_torch=not args.no_torch,
-              tune_malloc=args.malloc == "keep", warmup=args.warmup)
+              tune_malloc=args.malloc == "keep", warmup=args.warmup, batch=args.batch)
     if args.json:
         print(json.dumps(res))
         return 0
@@ -449,7 +479,7 @@ def main(argv=None) -> int:
           f"{res['peak_gflops']:.0f} GFLOP/s matmul peak")
     if "torch_ms_per_step" in res:
         print(f"  pytorch   {res['torch_ms_per_step']:8.1f} ms/step  (torch {res['torch_version']}, "
-              f"{res['torch_threads']} threads)   ratio minipeft/torch = {res['ratio']:.2f}")
+              f"{res['torch_device']}, {res['torch_threads']} threads)   ratio minipeft/torch = {res['ratio']:.2f}")
     return 0
 
 

@@ -86,3 +86,45 @@ def test_step_flops_counts_the_products_a_step_runs(method, monkeypatch):
     monkeypatch.setattr(backend, "matmul", counting)
     bench.minipeft_step(model, opt, ids[:, :-1], ids[:, 1:])
     assert sum(counted) == bench.step_flops(cfg, method)
+
+
+def test_batch_override_changes_the_tokens_and_bad_values_are_errors():
+    out = bench.run("tiny", "full", steps=1, warmup=0, with_torch=False, batch=2, pause=0.0)
+    assert out["batch"] == 2 and out["tokens_per_step"] == 2 * 128
+    assert out["step_gflop"] == round(bench.step_flops(dict(bench.CONFIGS["tiny"], batch=2), "full") / 1e9, 3)
+    assert bench.CONFIGS["tiny"]["batch"] == 16, "the override must not change the shared config"
+    with pytest.raises(ValueError, match="batch must be at least 1"):
+        bench.run("tiny", "full", steps=1, warmup=0, with_torch=False, batch=0)
+    proc = subprocess.run([sys.executable, "-m", "minipeft.bench", "--batch", "0"], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode != 0 and "--batch must be at least 1" in proc.stderr
+
+
+def _load_script(name):
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_profile_step_parts_add_up_and_the_classes_are_restored():
+    from minipeft.ops.fused import Attention
+    prof = _load_script("profile_step")
+    forward_before = Attention.__dict__["forward"]
+    out = prof.profile("tiny", "full", batch=2, steps=1)
+    assert Attention.__dict__["forward"] is forward_before, "profile_step left its timing wrappers installed"
+    for key in ("Linear.forward", "Linear.backward", "Attention.forward", "Attention.backward", "optimizer"):
+        assert out["ms"].get(key, 0) > 0, f"{key} missing from the profile: {sorted(out['ms'])}"
+    parts = sum(out["ms"].values())
+    assert parts <= out["step_total"] + 0.05 and out["unwrapped"] >= -0.05, (parts, out["step_total"])
+
+
+def test_gpu_where_on_numpy_issue_equals_total():
+    # on NumPy nothing is asynchronous: a step's Python returns only when the work is done
+    where = _load_script("gpu_where")
+    out = where.measure("tiny", "lora", batch=2, steps=2)
+    assert out["backend"] == "numpy" and out["issue_ms"] > 0
+    assert abs(out["total_ms"] - out["issue_ms"]) <= 0.05 * out["total_ms"] + 0.1, out
