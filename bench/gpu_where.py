@@ -1,0 +1,85 @@
+"""Is a GPU training step bound by the GPU or by Python? (run on a GPU machine, from the repo root)
+
+    python bench/gpu_where.py [--steps 20] [--batch 8 64]
+
+A GPU runs asynchronously: a step's Python code only *queues* kernels and returns, and the GPU
+works through the queue. So for each config we time, per step (medians over --steps):
+    issue_ms   from the start of the step until its Python code returns (no synchronisation)
+    total_ms   until the GPU has finished the step too (synchronised)
+When issue_ms is close to total_ms, the GPU waits for Python: the step is launch-bound, and only
+fewer, larger kernels (fusion) or less Python per op would make it faster. When issue_ms is much
+smaller, the GPU's kernels are the bottleneck. PyTorch is measured the same way when it has CUDA.
+Prints one JSON object per line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import numpy
+
+sys.path.insert(0, ".")
+from minipeft import backend, bench, manual_seed  # noqa: E402
+
+
+def _median_ms(xs):
+    return round(statistics.median(xs) * 1e3, 2)
+
+
+def measure(config: str, method: str, batch: int, steps: int) -> dict:
+    cfg = dict(bench.CONFIGS[config], batch=batch)
+    manual_seed(0)
+    model, opt = bench.build_minipeft(cfg, method)
+    host = numpy.random.default_rng(0).integers(0, cfg["vocab_size"], size=(batch, cfg["n_ctx"] + 1))
+    ids, targets = backend.to_device(host[:, :-1]), backend.to_device(host[:, 1:])
+    issue, total = [], []
+    for i in range(steps + 3):
+        backend.synchronize()
+        t0 = time.perf_counter()
+        bench.minipeft_step(model, opt, ids, targets)
+        t1 = time.perf_counter()
+        backend.synchronize()
+        t2 = time.perf_counter()
+        if i >= 3:
+            issue.append(t1 - t0)
+            total.append(t2 - t0)
+    out = {"config": config, "method": method, "batch": batch, "backend": backend.name,
+           "issue_ms": _median_ms(issue), "total_ms": _median_ms(total)}
+    device = bench.torch_device_for(backend.name)
+    if device is not None:
+        step, torch, _ = bench.torch_reference(cfg, method, 1, device)
+        tids, ttg = (torch.from_numpy(a).to(device) for a in (host[:, :-1], host[:, 1:]))
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        issue, total = [], []
+        for i in range(steps + 3):
+            sync()
+            t0 = time.perf_counter()
+            step(tids, ttg)
+            t1 = time.perf_counter()
+            sync()
+            t2 = time.perf_counter()
+            if i >= 3:
+                issue.append(t1 - t0)
+                total.append(t2 - t0)
+        out.update({"torch_issue_ms": _median_ms(issue), "torch_total_ms": _median_ms(total)})
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--backend", default="cupy")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--batch", type=int, nargs="+", default=[8, 64])
+    args = p.parse_args()
+    backend.use(args.backend)
+    for batch in args.batch:
+        for method in ("full", "lora"):
+            print(json.dumps(measure("small", method, batch, args.steps)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
