@@ -18,6 +18,9 @@ Threads: PyTorch gets torch.set_num_threads(os.cpu_count()); NumPy's OpenBLAS us
 thread per core; minipeft's fused elementwise work runs on backend.get_threads() threads
 (backend.rows; MINIPEFT_THREADS=1 turns that off). Before each step the bench pauses
 0.15 s (PAUSE_S; not on a GPU), and by default it makes glibc keep freed memory (see keep_freed_memory).
+PyTorch's OpenMP threads spin between kernels by default, which makes its many short kernels
+cheaper to start; `--torch-omp-wait passive` makes them sleep instead (OMP_WAIT_POLICY=PASSIVE),
+closer to minipeft's OpenBLAS threads, which spin ~25 us (backend.OPENBLAS_THREAD_TIMEOUT).
 Results and the method are recorded in bench/RESULTS.md.
 
 Reported quantities (JSON keys):
@@ -435,6 +438,7 @@ def run(config: str = "tiny", method: str = "full", backend_name: str = "numpy",
             "torch_threads": torch.get_num_threads(),
             "torch_params": torch_counts[0], "torch_trainable": torch_counts[1],
             "pause_s": pause,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         })
     return out
 
@@ -452,6 +456,10 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=WARMUP, help=f"untimed steps first (default {WARMUP})")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-torch", action="store_true", help="do not time the PyTorch reference")
+    p.add_argument("--torch-omp-wait", choices=["default", "passive"], default="default",
+                   help="passive: PyTorch's OpenMP threads sleep between kernels instead of spinning "
+                        "(OMP_WAIT_POLICY=PASSIVE; minipeft's OpenBLAS threads spin only ~25 us, see "
+                        "backend.py). default: leave PyTorch as it is")
     p.add_argument("--malloc", choices=["keep", "default"], default="keep",
                    help="keep: glibc keeps freed memory for reuse (default, see keep_freed_memory); "
                         "default: leave malloc as it is")
@@ -460,6 +468,10 @@ def main(argv=None) -> int:
         p.error("--steps must be at least 1")
     if args.batch is not None and args.batch < 1:
         p.error("--batch must be at least 1")
+    if args.torch_omp_wait == "passive":
+        if "torch" in sys.modules:  # OpenMP reads the variable when PyTorch's runtime starts
+            p.error("--torch-omp-wait passive: PyTorch was imported before the bench started")
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     try:
         backend.use(args.backend)
     except (RuntimeError, ValueError) as e:  # e.g. --backend cupy without a GPU: say what to install

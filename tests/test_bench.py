@@ -128,3 +128,10 @@ def test_gpu_where_on_numpy_issue_equals_total():
     out = where.measure("tiny", "lora", batch=2, steps=2)
     assert out["backend"] == "numpy" and out["issue_ms"] > 0
     assert abs(out["total_ms"] - out["issue_ms"]) <= 0.05 * out["total_ms"] + 0.1, out
+
+
+def test_torch_omp_wait_passive_is_applied_to_pytorch():
+    proc = _run_cli("--config", "tiny", "--steps", "1", "--warmup", "0", "--torch-omp-wait", "passive", "--json")
+    out = json.loads(proc.stdout)
+    if "torch_ms_per_step" in out:  # PyTorch importable: its OpenMP runtime saw the variable
+        assert out["omp_wait_policy"] == "PASSIVE"
