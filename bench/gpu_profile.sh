@@ -12,10 +12,13 @@ for spec in "small full 64" "small lora 64" "small full 8" "tiny full 16"; do
   timeout 90 $py bench/profile_step.py --backend cupy --config $1 --method $2 --batch $3 --steps 5 >>"$out/profile.jsonl" 2>>"$out/profile.err"
 done
 cat "$out/profile.jsonl"
-# does CuPy's CUB / cuTENSOR path change a step? (one run each way, same process layout)
-for acc in "" "cub,cutensor"; do
-  CUPY_ACCELERATORS=$acc timeout 60 $py -m minipeft.bench --backend cupy --config small --method full --batch 64 --steps 30 --json \
-    | sed "s/^{/{\"cupy_accelerators\": \"$acc\", /" >>"$out/accelerators.jsonl" 2>>"$out/profile.err"
+# does CuPy's choice of accelerators change a step? unset = CuPy's default; "" = none;
+# "cub,cutensor" = both (one run each)
+for acc in unset "" "cub,cutensor"; do
+  if [ "$acc" = unset ]; then envset=(env -u CUPY_ACCELERATORS); else envset=(env CUPY_ACCELERATORS="$acc"); fi
+  ( "${envset[@]}" timeout 60 $py -m minipeft.bench --backend cupy --config small --method full --batch 64 \
+      --steps 30 --json ) 2>>"$out/profile.err" \
+    | sed "s/^{/{\"cupy_accelerators\": \"$acc\", /" >>"$out/accelerators.jsonl"
 done
 cat "$out/accelerators.jsonl"
 args=(-q -p no:cacheprovider -rfE)

@@ -3,18 +3,23 @@
     python bench/gpu_where.py [--steps 20] [--batch 8 64]
 
 A GPU runs asynchronously: a step's Python code only *queues* kernels and returns, and the GPU
-works through the queue. So for each config we time, per step (medians over --steps):
+works through the queue. So for the small config, full and LoRA, at each --batch, we time, per
+step (medians over --steps):
     issue_ms   from the start of the step until its Python code returns (no synchronisation)
     total_ms   until the GPU has finished the step too (synchronised)
 When issue_ms is close to total_ms, the GPU waits for Python: the step is launch-bound, and only
 fewer, larger kernels (fusion) or less Python per op would make it faster. When issue_ms is much
-smaller, the GPU's kernels are the bottleneck. PyTorch is measured the same way when it has CUDA.
+smaller, the GPU's kernels are the bottleneck. Caveat: issue_ms close to total_ms can also mean
+that something in the step waits for the GPU (a host sync), or that the launch queue is full and
+blocks Python; a per-Function profile (bench/profile_step.py) tells these apart.
+PyTorch is measured the same way when it has CUDA.
 Prints one JSON object per line.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -49,8 +54,8 @@ def measure(config: str, method: str, batch: int, steps: int) -> dict:
     out = {"config": config, "method": method, "batch": batch, "backend": backend.name,
            "issue_ms": _median_ms(issue), "total_ms": _median_ms(total)}
     device = bench.torch_device_for(backend.name)
-    if device is not None:
-        step, torch, _ = bench.torch_reference(cfg, method, 1, device)
+    if device == "cuda":  # on the CPU nothing is asynchronous: issue == total, nothing to learn
+        step, torch, _ = bench.torch_reference(cfg, method, os.cpu_count() or 1, device)
         tids, ttg = (torch.from_numpy(a).to(device) for a in (host[:, :-1], host[:, 1:]))
         sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
         issue, total = [], []

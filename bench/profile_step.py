@@ -58,10 +58,10 @@ def profile(config: str, method: str, batch: int | None, steps: int) -> dict:
     acc = collections.defaultdict(float)
     originals = [(cls, kind, cls.__dict__[kind]) for cls in set(_all_functions())
                  for kind in ("forward", "backward") if kind in cls.__dict__]
-    for cls, kind, _ in originals:
-        _wrap(cls, kind, acc)
     total = 0.0
     try:
+        for cls, kind, _ in originals:
+            _wrap(cls, kind, acc)
         for _ in range(steps):
             backend.synchronize()
             t0 = time.perf_counter()

@@ -1,6 +1,7 @@
 """What would fused elementwise kernels buy minipeft on the CPU? An upper-bound experiment.
 
     python bench/what_if_fused.py --config tiny     # needs PyTorch (CPU build)
+    python bench/what_if_fused.py --config small --omp-wait default
 
 minipeft runs GELU and layer norm as several NumPy passes; PyTorch runs each as one fused,
 vectorised, multi-threaded kernel. To learn how much of the step-time gap those kernels explain
@@ -10,6 +11,12 @@ NumPy arrays, `torch.from_numpy`) and times three things alternating in one proc
 it is, minipeft with the swapped kernels, and the PyTorch reference model (bench.torch_reference).
 Everything else (matmuls, attention, cross-entropy, AdamW, autograd) stays minipeft's. Not part of
 the library and never used by it: PyTorch is only a yardstick.
+
+PyTorch's OpenMP threads spin between kernels by default. Mixed into minipeft's step they then take
+the cores from OpenBLAS and the swapped step gets slower than the original, which says nothing
+about fused kernels. So the script runs PyTorch with sleeping threads (OMP_WAIT_POLICY=PASSIVE, set
+before PyTorch is imported) unless --omp-wait default is given. The PyTorch reference model is then
+slower than PyTorch as it comes (bench/RESULTS.md, "Threads that spin").
 """
 from __future__ import annotations
 
@@ -40,7 +47,8 @@ def torch_kernels():
 
     def gelu_backward(ctx, g):
         (tx,) = ctx.saved
-        return aten.gelu_backward(torch.from_numpy(numpy.ascontiguousarray(g)), tx, approximate="tanh").numpy()
+        tg = torch.from_numpy(numpy.ascontiguousarray(g))
+        return aten.gelu_backward(tg, tx, approximate="tanh").numpy()
 
     def ln_forward(ctx, x, w, b, eps=1e-5):
         tx, tw, tb = (torch.from_numpy(numpy.ascontiguousarray(a)) for a in (x, w, b))
@@ -63,7 +71,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", choices=sorted(bench.CONFIGS), default="tiny")
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--omp-wait", choices=["passive", "default"], default="passive",
+                   help="PyTorch's OpenMP threads: passive = sleep between kernels (default here)")
     args = p.parse_args()
+    if args.omp_wait == "passive":
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"     # before PyTorch is imported (torch_reference)
     cfg = bench.CONFIGS[args.config]
     threads = os.cpu_count() or 1
     bench.keep_freed_memory()
@@ -106,6 +118,7 @@ def main() -> int:
                       "ratio": round(ms["minipeft"] / ms["torch"], 3),
                       "ratio_with_fused_gelu_layernorm": round(ms["minipeft_fused"] / ms["torch"], 3),
                       "threads": threads, "row_threads": backend.get_threads(),
+                      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
                       "torch_version": torch.__version__}))
     return 0
 

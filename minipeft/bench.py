@@ -369,7 +369,8 @@ def run(config: str = "tiny", method: str = "full", backend_name: str = "numpy",
     for _ in range(warmup):
         timed_minipeft()
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
-    peak = matmul_peak_gflops(xp, sync, n=1024 if backend.name == "numpy" else 8192)  # a GPU needs a big product to reach its peak
+    # a GPU needs a big product to reach its peak
+    peak = matmul_peak_gflops(xp, sync, n=1024 if backend.name == "numpy" else 8192)
 
     timed_torch, torch_device = None, torch_device_for(backend.name) if with_torch else None
     if torch_device is not None:
@@ -385,12 +386,13 @@ def run(config: str = "tiny", method: str = "full", backend_name: str = "numpy",
             tsync()
             return time.perf_counter() - t0
 
-            for _ in range(warmup):
-                timed_torch()
+        for _ in range(warmup):
+            timed_torch()
 
     # Alternate one minipeft step with one PyTorch step, so that noise from the rest of the
-    # machine hits both. Before each step, pause: the BLAS worker threads of the library that
-    # just ran spin-wait for ~0.1 s after their last product and would steal a core from the other.
+    # machine hits both. Before each step, pause: the worker threads of the library that just ran
+    # keep spinning after its last kernel (PyTorch's OpenMP threads by default; OpenBLAS's for
+    # ~25 us with backend.OPENBLAS_THREAD_TIMEOUT, ~0.1 s without) and would take a core from the other.
     times, torch_times = [], []
     for _ in range(steps):
         if timed_torch is not None:
@@ -491,7 +493,8 @@ def main(argv=None) -> int:
           f"{res['peak_gflops']:.0f} GFLOP/s matmul peak")
     if "torch_ms_per_step" in res:
         print(f"  pytorch   {res['torch_ms_per_step']:8.1f} ms/step  (torch {res['torch_version']}, "
-              f"{res['torch_device']}, {res['torch_threads']} threads)   ratio minipeft/torch = {res['ratio']:.2f}")
+              f"{res['torch_device']}, {res['torch_threads']} threads)   "
+              f"ratio minipeft/torch = {res['ratio']:.2f}")
     return 0
 
 

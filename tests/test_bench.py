@@ -130,8 +130,31 @@ def test_gpu_where_on_numpy_issue_equals_total():
     assert abs(out["total_ms"] - out["issue_ms"]) <= 0.05 * out["total_ms"] + 0.1, out
 
 
-def test_torch_omp_wait_passive_is_applied_to_pytorch():
-    proc = _run_cli("--config", "tiny", "--steps", "1", "--warmup", "0", "--torch-omp-wait", "passive", "--json")
+def test_torch_omp_wait_passive_sets_the_variable_before_pytorch_starts():
+    # the bench sets OMP_WAIT_POLICY in its own process before it imports PyTorch (read by
+    # OpenMP when PyTorch's runtime starts) and reports the setting it ran with
+    proc = _run_cli("--config", "tiny", "--steps", "1", "--warmup", "0", "--torch-omp-wait", "passive",
+                    "--json")
     out = json.loads(proc.stdout)
-    if "torch_ms_per_step" in out:  # PyTorch importable: its OpenMP runtime saw the variable
+    if "torch_ms_per_step" in out:  # PyTorch importable
         assert out["omp_wait_policy"] == "PASSIVE"
+
+
+def test_pytorch_gets_the_same_warmup_steps(monkeypatch):
+    # the PyTorch side is stepped `warmup` times before the timed steps, like minipeft
+    import types
+    calls = []
+
+    class FakeTensor:
+        def to(self, device):
+            return self
+
+    fake_torch = types.SimpleNamespace(from_numpy=lambda a: FakeTensor(), __version__="fake",
+                                       get_num_threads=lambda: 1,
+                                       cuda=types.SimpleNamespace(synchronize=lambda: None))
+    monkeypatch.setattr(bench, "torch_device_for", lambda name: "cpu")
+    monkeypatch.setattr(bench, "torch_reference",
+                        lambda cfg, method, threads, device: (lambda i, t: calls.append(1), fake_torch, (1, 1)))
+    out = bench.run("tiny", "full", steps=2, warmup=3, batch=1, pause=0.0)
+    assert len(calls) == 3 + 2, f"PyTorch ran {len(calls)} steps, expected 3 warm-up + 2 timed"
+    assert out["torch_version"] == "fake"

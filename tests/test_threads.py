@@ -21,8 +21,8 @@ pytestmark = pytest.mark.task_backend
 @pytest.fixture
 def threaded(monkeypatch):
     """Yields a function `with_threads(n, fn)`: runs fn() with n threads and every array split.
-    On NumPy: on CuPy `rows` makes one call (the GPU is parallel already; see the last test), so
-    this fixture switches to NumPy also when the suite runs with MINIPEFT_BACKEND=cupy."""
+    Threads only exist on NumPy (on CuPy `rows` makes one call; see the last test), so this
+    fixture switches to NumPy, also when the suite runs with MINIPEFT_BACKEND=cupy."""
     minipeft.use("numpy")
     monkeypatch.setattr(backend, "MIN_PARALLEL", 0)
     saved = backend.get_threads()
