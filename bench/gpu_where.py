@@ -30,8 +30,23 @@ sys.path.insert(0, ".")
 from minipeft import backend, bench, manual_seed  # noqa: E402
 
 
-def _median_ms(xs):
-    return round(statistics.median(xs) * 1e3, 2)
+WARMUP = 3
+
+
+def issue_and_total(step, sync, steps: int) -> tuple[float, float]:
+    """Median ms of (step returns, step done on the device) over `steps` steps after WARMUP."""
+    issue, total = [], []
+    for i in range(steps + WARMUP):
+        sync()
+        t0 = time.perf_counter()
+        step()
+        t1 = time.perf_counter()
+        sync()
+        t2 = time.perf_counter()
+        if i >= WARMUP:
+            issue.append(t1 - t0)
+            total.append(t2 - t0)
+    return round(statistics.median(issue) * 1e3, 2), round(statistics.median(total) * 1e3, 2)
 
 
 def measure(config: str, method: str, batch: int, steps: int) -> dict:
@@ -40,36 +55,15 @@ def measure(config: str, method: str, batch: int, steps: int) -> dict:
     model, opt = bench.build_minipeft(cfg, method)
     host = numpy.random.default_rng(0).integers(0, cfg["vocab_size"], size=(batch, cfg["n_ctx"] + 1))
     ids, targets = backend.to_device(host[:, :-1]), backend.to_device(host[:, 1:])
-    issue, total = [], []
-    for i in range(steps + 3):
-        backend.synchronize()
-        t0 = time.perf_counter()
-        bench.minipeft_step(model, opt, ids, targets)
-        t1 = time.perf_counter()
-        backend.synchronize()
-        t2 = time.perf_counter()
-        if i >= 3:
-            issue.append(t1 - t0)
-            total.append(t2 - t0)
+    issue, total = issue_and_total(lambda: bench.minipeft_step(model, opt, ids, targets),
+                                   backend.synchronize, steps)
     out = {"config": config, "method": method, "batch": batch, "backend": backend.name,
-           "issue_ms": _median_ms(issue), "total_ms": _median_ms(total)}
-    device = bench.torch_device_for(backend.name)
-    if device == "cuda":  # on the CPU nothing is asynchronous: issue == total, nothing to learn
-        step, torch, _ = bench.torch_reference(cfg, method, os.cpu_count() or 1, device)
-        tids, ttg = (torch.from_numpy(a).to(device) for a in (host[:, :-1], host[:, 1:]))
-        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-        issue, total = [], []
-        for i in range(steps + 3):
-            sync()
-            t0 = time.perf_counter()
-            step(tids, ttg)
-            t1 = time.perf_counter()
-            sync()
-            t2 = time.perf_counter()
-            if i >= 3:
-                issue.append(t1 - t0)
-                total.append(t2 - t0)
-        out.update({"torch_issue_ms": _median_ms(issue), "torch_total_ms": _median_ms(total)})
+           "issue_ms": issue, "total_ms": total}
+    if bench.torch_device_for(backend.name) == "cuda":  # on the CPU nothing is asynchronous
+        step, torch, _ = bench.torch_reference(cfg, method, os.cpu_count() or 1, "cuda")
+        tids, ttg = (torch.from_numpy(a).to("cuda") for a in (host[:, :-1], host[:, 1:]))
+        issue, total = issue_and_total(lambda: step(tids, ttg), torch.cuda.synchronize, steps)
+        out.update({"torch_issue_ms": issue, "torch_total_ms": total})
     return out
 
 
