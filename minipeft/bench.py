@@ -36,6 +36,7 @@ Reported quantities (JSON keys):
     optimizer_state_bytes  bytes held by the optimizer's state (AdamW: 2 moments per trainable)
     torch_ms_per_step, ratio, torch_version, torch_device
                            when PyTorch is importable (and not --no-torch)
+    torch_skipped          why not, when PyTorch was asked for but could not run
 """
 from __future__ import annotations
 
@@ -429,6 +430,9 @@ def run(config: str = "tiny", method: str = "full", backend_name: str = "numpy",
     }
     if backend.name == "cupy":  # the pool keeps what it allocated: its size is the peak
         out["gpu_pool_mb"] = round(xp.get_default_memory_pool().total_bytes() / 2**20, 1)
+    if with_torch and timed_torch is None:  # say why there is no PyTorch line
+        out["torch_skipped"] = ("PyTorch is not importable (pip install torch)" if backend.name == "numpy"
+                                else "PyTorch is not importable or has no CUDA")
     if timed_torch is not None:
         tsec = statistics.median(torch_times)
         out.update({
@@ -491,6 +495,8 @@ def main(argv=None) -> int:
     print(f"  minipeft  {res['ms_per_step']:8.1f} ms/step  {res['tokens_per_s']:9.0f} tokens/s  "
           f"{res['gflops']:6.1f} GFLOP/s = {100 * res['peak_fraction']:.0f}% of the measured "
           f"{res['peak_gflops']:.0f} GFLOP/s matmul peak")
+    if "torch_skipped" in res:
+        print(f"  pytorch   not timed: {res['torch_skipped']}")
     if "torch_ms_per_step" in res:
         print(f"  pytorch   {res['torch_ms_per_step']:8.1f} ms/step  (torch {res['torch_version']}, "
               f"{res['torch_device']}, {res['torch_threads']} threads)   "

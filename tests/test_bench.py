@@ -158,3 +158,11 @@ def test_pytorch_gets_the_same_warmup_steps(monkeypatch):
     out = bench.run("tiny", "full", steps=2, warmup=3, batch=1, pause=0.0)
     assert len(calls) == 3 + 2, f"PyTorch ran {len(calls)} steps, expected 3 warm-up + 2 timed"
     assert out["torch_version"] == "fake"
+
+
+def test_a_missing_pytorch_is_reported_not_silent(monkeypatch):
+    monkeypatch.setattr(bench, "torch_device_for", lambda name: None)   # as without PyTorch
+    out = bench.run("tiny", "full", steps=1, warmup=0, batch=1, pause=0.0)
+    assert "torch_ms_per_step" not in out and "not importable" in out["torch_skipped"]
+    out = bench.run("tiny", "full", steps=1, warmup=0, batch=1, pause=0.0, with_torch=False)
+    assert "torch_skipped" not in out, "--no-torch asked for no PyTorch: nothing to report"
