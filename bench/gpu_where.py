@@ -24,10 +24,11 @@ import statistics
 import sys
 import time
 
-import numpy
-
 sys.path.insert(0, ".")
+# minipeft before NumPy: it sets OpenBLAS's thread timeout, which only counts before NumPy loads
 from minipeft import backend, bench, manual_seed  # noqa: E402
+
+import numpy  # noqa: E402
 
 
 WARMUP = 3

@@ -21,12 +21,12 @@ import platform
 import statistics
 import time
 
-import numpy as np
-
-import minipeft
+import minipeft  # before NumPy: it sets OpenBLAS's thread timeout, which only counts before NumPy loads
 from minipeft import backend
 from minipeft.nn import Transformer, TransformerConfig
 from minipeft.peft import LoraConfig, apply
+
+import numpy as np  # noqa: E402
 
 
 def main(argv=None):
