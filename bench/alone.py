@@ -30,11 +30,10 @@ who, config, method = sys.argv[1:4]
 if who == "minipeft":
     ms = bench.run(config, method, with_torch=False)["ms_per_step"]
 else:
-    import numpy
     cfg, steps = bench.CONFIGS[config], bench.DEFAULT_STEPS[config]
     bench.keep_freed_memory()                     # as bench.run does for both libraries
     step, torch, _ = bench.torch_reference(cfg, method, os.cpu_count() or 1)
-    ids = numpy.random.default_rng(0).integers(0, cfg["vocab_size"], size=(cfg["batch"], cfg["n_ctx"] + 1))
+    ids = bench.token_batch(cfg)
     x, y = torch.from_numpy(ids[:, :-1]), torch.from_numpy(ids[:, 1:])
     for _ in range(bench.WARMUP):
         step(x, y)

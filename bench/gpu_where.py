@@ -28,7 +28,6 @@ sys.path.insert(0, ".")
 # minipeft before NumPy: it sets OpenBLAS's thread timeout, which only counts before NumPy loads
 from minipeft import backend, bench, manual_seed  # noqa: E402
 
-import numpy  # noqa: E402
 
 
 WARMUP = 3
@@ -51,10 +50,10 @@ def issue_and_total(step, sync, steps: int) -> tuple[float, float]:
 
 
 def measure(config: str, method: str, batch: int, steps: int) -> dict:
-    cfg = dict(bench.CONFIGS[config], batch=batch)
+    cfg = bench.make_config(config, batch)
     manual_seed(0)
     model, opt = bench.build_minipeft(cfg, method)
-    host = numpy.random.default_rng(0).integers(0, cfg["vocab_size"], size=(batch, cfg["n_ctx"] + 1))
+    host = bench.token_batch(cfg)
     ids, targets = backend.to_device(host[:, :-1]), backend.to_device(host[:, 1:])
     issue, total = issue_and_total(lambda: bench.minipeft_step(model, opt, ids, targets),
                                    backend.synchronize, steps)

@@ -23,7 +23,6 @@ sys.path.insert(0, ".")
 # minipeft before NumPy: it sets OpenBLAS's thread timeout, which only counts before NumPy loads
 from minipeft import backend, bench, manual_seed  # noqa: E402
 
-import numpy  # noqa: E402
 from minipeft.autograd import Function  # noqa: E402
 
 
@@ -47,13 +46,11 @@ def _wrap(cls, kind, acc):
 
 
 def profile(config: str, method: str, batch: int | None, steps: int) -> dict:
-    cfg = dict(bench.CONFIGS[config])
-    if batch:
-        cfg["batch"] = batch
+    cfg = bench.make_config(config, batch)
     bench.keep_freed_memory()          # as the bench does by default (no page faults on reuse)
     manual_seed(0)
     model, opt = bench.build_minipeft(cfg, method)
-    host = numpy.random.default_rng(0).integers(0, cfg["vocab_size"], size=(cfg["batch"], cfg["n_ctx"] + 1))
+    host = bench.token_batch(cfg)
     ids, targets = backend.to_device(host[:, :-1]), backend.to_device(host[:, 1:])
     for _ in range(3):                                           # warm-up (kernel compilation, pools)
         bench.minipeft_step(model, opt, ids, targets)

@@ -81,7 +81,7 @@ def main() -> int:
     bench.keep_freed_memory()
     manual_seed(0)
     model, opt = bench.build_minipeft(cfg, "full")
-    host = numpy.random.default_rng(0).integers(0, cfg["vocab_size"], size=(cfg["batch"], cfg["n_ctx"] + 1))
+    host = bench.token_batch(cfg)
     ids, targets = host[:, :-1], host[:, 1:]
     torch_step, torch, _ = bench.torch_reference(cfg, "full", threads)
     tids, ttargets = torch.from_numpy(ids), torch.from_numpy(targets)

@@ -140,6 +140,23 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
 
 
+def make_config(name: str, batch: int | None = None) -> dict:
+    """A copy of CONFIGS[name], with its batch replaced when `batch` is given."""
+    if name not in CONFIGS:
+        raise ValueError(f"unknown config {name!r}; expected one of {sorted(CONFIGS)}")
+    cfg = dict(CONFIGS[name])
+    if batch is not None:
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, got {batch}")
+        cfg["batch"] = batch
+    return cfg
+
+
+def token_batch(cfg: dict, seed: int = 0):
+    """Seeded random token ids on the host, (batch, n_ctx + 1): inputs ids[:, :-1], targets ids[:, 1:]."""
+    return numpy.random.default_rng(seed).integers(0, cfg["vocab_size"], size=(cfg["batch"], cfg["n_ctx"] + 1))
+
+
 # ----------------------------------------------------------------------------- minipeft side
 
 def build_minipeft(cfg: dict, method: str):
@@ -337,18 +354,12 @@ def run(config: str = "tiny", method: str = "full", backend_name: str = "numpy",
         with_torch: bool = True, threads: int | None = None, tune_malloc: bool = True,
         pause: float | None = None, warmup: int = WARMUP, seed: int = 0, batch: int | None = None) -> dict:
     """Build, warm up and time both libraries; returns the dict that `--json` prints."""
-    if config not in CONFIGS:
-        raise ValueError(f"unknown config {config!r}; expected one of {sorted(CONFIGS)}")
+    cfg = make_config(config, batch)
     if method not in ("full", "lora"):
         raise ValueError(f"unknown method {method!r}; expected 'full' or 'lora'")
     from . import manual_seed, use
     use(backend_name)
     xp, sync = backend.xp, backend.synchronize
-    cfg = dict(CONFIGS[config])
-    if batch is not None:
-        if batch < 1:
-            raise ValueError(f"batch must be at least 1, got {batch}")
-        cfg["batch"] = batch
     steps = steps or DEFAULT_STEPS[config]
     if pause is None:  # the pause is for OpenBLAS's spinning threads; a GPU has none
         pause = PAUSE_S if backend.name == "numpy" else 0.0
@@ -357,7 +368,7 @@ def run(config: str = "tiny", method: str = "full", backend_name: str = "numpy",
 
     manual_seed(seed)
     model, opt = build_minipeft(cfg, method)
-    host_ids = numpy.random.default_rng(seed).integers(0, cfg["vocab_size"], size=(cfg["batch"], cfg["n_ctx"] + 1))
+    host_ids = token_batch(cfg, seed)
     ids, targets = backend.to_device(host_ids[:, :-1]), backend.to_device(host_ids[:, 1:])
 
     def timed_minipeft():
