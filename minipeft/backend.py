@@ -22,14 +22,25 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 
-# OpenBLAS keeps its idle threads spinning for 2^28 cycles (~0.1 s) after each matrix product; they
-# would take the cores from the threads of `rows` (below). 16 = spin 2^16 cycles (~25 us): long
-# enough to stay awake between the small products of one batched matmul (attention), short enough
-# to free the cores for the elementwise work that follows (measured: bench/RESULTS.md). OpenBLAS
-# reads it when NumPy is first imported, so it only counts if NumPy is not loaded yet.
+# One pool of threads does minipeft's CPU work (see `rows` and `matmul` below): OpenBLAS multiplies
+# on ONE thread, and minipeft cuts each large product into blocks of rows that its own threads
+# multiply at the same time, as it does for the elementwise passes. With two pools (OpenBLAS's and
+# minipeft's) each product had to wake OpenBLAS's sleeping threads and the elementwise work waited
+# for them to fall asleep again; with one pool a 2-core training step got 5-10 % faster and
+# attention scaled 1.75x instead of 1.1x on 2 cores (bench/RESULTS.md). OpenBLAS reads the
+# variable when NumPy is first imported, so it only counts if NumPy is not loaded yet; a value you
+# set yourself is kept (OPENBLAS_NUM_THREADS=2 = OpenBLAS threads its products, minipeft does not).
+_NUMPY_FIRST = "numpy" in sys.modules
+if not _NUMPY_FIRST:
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# If OpenBLAS does run several threads, they spin for 2^28 cycles (~0.1 s) after each product and
+# take the cores from the threads of `rows`. 16 = spin 2^16 cycles (~25 us): long enough to stay
+# awake between the small products of one batched matmul, short enough to free the cores for the
+# elementwise work that follows (measured: bench/RESULTS.md).
 OPENBLAS_THREAD_TIMEOUT = "16"
-_BLAS_TIMEOUT_SET = "numpy" not in sys.modules or "OPENBLAS_THREAD_TIMEOUT" in os.environ
+_BLAS_TIMEOUT_SET = not _NUMPY_FIRST or "OPENBLAS_THREAD_TIMEOUT" in os.environ
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", OPENBLAS_THREAD_TIMEOUT)
 
 import numpy  # noqa: E402
@@ -37,6 +48,21 @@ import numpy  # noqa: E402
 xp = numpy            # the array module in use: numpy or cupy
 name = "numpy"        # "numpy" or "cupy"
 _default_dtype = numpy.float32
+
+
+def _blas_runs_one_thread() -> bool:
+    """True when NumPy's BLAS is OpenBLAS started with OPENBLAS_NUM_THREADS=1: then `matmul` may
+    run products in several threads of its own. (An MKL-linked NumPy threads its products itself.)"""
+    if os.environ.get("OPENBLAS_NUM_THREADS") != "1":
+        return False
+    try:
+        blas = numpy.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]
+    except Exception:  # an older NumPy or an unusual build: do not guess
+        return False
+    return "openblas" in str(blas).lower()
+
+
+_SPLIT_PRODUCTS = _blas_runs_one_thread()
 
 # counters that tests and students can read: how many matmuls ran (see `matmul`)
 stats = {"matmul": 0}
@@ -199,11 +225,45 @@ def manual_seed(seed: int) -> None:
 
 # ----------------------------------------------------------------------------- kernels that differ by backend
 
-def matmul(a, b, out=None):
-    """a @ b on the current backend, counted in `stats['matmul']` (tests read it to prove that a
-    frozen weight costs no weight-gradient matmul)."""
+def matmul(a, b, out=None, bias=None):
+    """a @ b (+ bias) on the current backend, counted in `stats['matmul']` (tests read it to prove
+    that a frozen weight costs no weight-gradient matmul).
+
+    On NumPy with several threads (`set_threads`), a large product is cut into blocks of rows of
+    `a`, or of the batch for stacks of matrices, that the threads of `rows` multiply at the same
+    time (OpenBLAS itself runs on one thread, see the top of this file). Each block is the same
+    product on fewer rows, so the result is the same whichever thread computes it.
+    a: (..., n, k), b: (k, m) or (..., k, m) with the same leading dims; bias: (m,) added to every row.
+    """
     stats["matmul"] += 1
-    return xp.matmul(a, b, out=out)
+
+    def product_rows(a, b, out):                     # one block: out = a @ b (+ bias)
+        out = xp.matmul(a, b, out=out)
+        if bias is not None:
+            out += bias
+        return out
+
+    if a.ndim < 2 or b.ndim < 2 or not _product_worth_threads(a, b):
+        return product_rows(a, b, out)
+    if out is None:
+        shape = xp.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+        out = xp.empty(shape, xp.result_type(a, b))
+    if b.ndim == 2:                                   # every block of rows times the same b
+        rows(lambda a, out: product_rows(a, b, out), a, out, min_size=0)
+    else:                                             # stacks: block i of a times block i of b
+        rows(product_rows, a, b, out, min_size=0)
+    return out
+
+
+MIN_PARALLEL_PRODUCT = 1 << 23   # multiply-adds (~8M, ~60 us on one core): below, a hand-off costs more
+
+
+def _product_worth_threads(a, b) -> bool:
+    if name != "numpy" or _threads < 2 or not _SPLIT_PRODUCTS or a.shape[0] < 2:
+        return False
+    if b.ndim != 2 and (b.ndim != a.ndim or b.shape[:-2] != a.shape[:-2]):
+        return False                                  # broadcast stacks: one call
+    return a.size * b.shape[-1] >= MIN_PARALLEL_PRODUCT
 
 
 def scatter_add(target, indices, values):
@@ -237,15 +297,16 @@ def scatter_add(target, indices, values):
 
 def _default_threads() -> int:
     """$MINIPEFT_THREADS if set; else the usable cores, but 1 when NumPy was imported before
-    minipeft (its OpenBLAS threads then spin after every product and two threads of `rows`
-    measured 3 % slower than one: import minipeft first, or set OPENBLAS_THREAD_TIMEOUT=16)."""
+    minipeft with neither OPENBLAS_NUM_THREADS=1 nor OPENBLAS_THREAD_TIMEOUT set (OpenBLAS's
+    threads then spin after every product and two threads of `rows` measured 3 % slower than
+    one: import minipeft first, or set OPENBLAS_NUM_THREADS=1 before NumPy loads)."""
     env = os.environ.get("MINIPEFT_THREADS", "").strip()
     if env:
         if not env.isdigit() or int(env) < 1:
             raise ValueError(f"MINIPEFT_THREADS={env!r}: expected a positive integer (1 = no extra threads); "
                              f"unset it to use every usable core")
         return int(env)
-    if not _BLAS_TIMEOUT_SET:
+    if not _BLAS_TIMEOUT_SET and not _SPLIT_PRODUCTS:
         return 1
     try:
         return len(os.sched_getaffinity(0))       # the cores this process may use
@@ -255,6 +316,7 @@ def _default_threads() -> int:
 
 _threads = _default_threads()
 _pool, _pool_pid = None, None
+_inside = threading.local()  # .block is True while this thread runs a block of `rows`
 MIN_PARALLEL = 1 << 15      # arrays smaller than this (32k numbers) are not worth a thread hand-off
 
 
@@ -272,7 +334,7 @@ def get_threads() -> int:
     return _threads
 
 
-def rows(fn, *arrays) -> None:
+def rows(fn, *arrays, min_size: int | None = None) -> None:
     """Call fn(*blocks) on blocks of rows (first axis) of `arrays`, in parallel threads; wait.
 
     Every array must have the same number of rows; fn must treat the rows independently and
@@ -282,7 +344,8 @@ def rows(fn, *arrays) -> None:
             ...; xp.tanh(..., out=y); ...
         backend.rows(gelu_rows, x2, y2)          # x2, y2: (N, d)
 
-    Small arrays, one thread, or the CuPy backend: one call fn(*arrays) in this thread.
+    Small arrays (fewer than `min_size` numbers in the first, default MIN_PARALLEL), one thread,
+    or the CuPy backend: one call fn(*arrays) in this thread.
     The workers run under the caller's numpy.errstate, and `rows` returns only when every block
     is done, also when one of them raised (the first error is re-raised). Not meant to be called
     from several user threads at once while another changes `set_threads`."""
@@ -291,8 +354,10 @@ def rows(fn, *arrays) -> None:
     if any(a.shape[0] != n for a in arrays):
         raise ValueError(f"backend.rows: every array needs the same number of rows (first axis), got "
                          f"{[a.shape for a in arrays]}")
-    if name != "numpy" or k < 2 or n < 2 or arrays[0].size < MIN_PARALLEL:
-        fn(*arrays)
+    if min_size is None:
+        min_size = MIN_PARALLEL
+    if name != "numpy" or k < 2 or n < 2 or arrays[0].size < min_size or getattr(_inside, "block", False):
+        fn(*arrays)                                 # (inside a block already: the pool is busy, no nesting)
         return
     if _pool is None or _pool_pid != os.getpid():   # a forked child has no threads: new pool
         from concurrent.futures import ThreadPoolExecutor
@@ -301,13 +366,19 @@ def rows(fn, *arrays) -> None:
     err = numpy.geterr()                            # NumPy's error state is per thread: pass it on
 
     def block(i):
-        with numpy.errstate(**err):
-            fn(*(a[i:i + step] for a in arrays))
+        _inside.block = True
+        try:
+            with numpy.errstate(**err):
+                fn(*(a[i:i + step] for a in arrays))
+        finally:
+            _inside.block = False
 
     futures = [_pool.submit(block, i) for i in range(step, n, step)]
     try:
+        _inside.block = True
         fn(*(a[:step] for a in arrays))             # this thread does the first block
     finally:
+        _inside.block = False
         errors = [f.exception() for f in futures]   # waits for every worker, even after an error here
     for e in errors:
         if e is not None:

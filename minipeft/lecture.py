@@ -185,8 +185,9 @@ def execute_notebook(path: str, fast: bool, timeout: float | None = None, save: 
     if figures is not None:
         kenv[FIGURES_ENV] = figures
     kenv["PYTHONPATH"] = os.pathsep.join([REPO] + [p for p in kenv.get("PYTHONPATH", "").split(os.pathsep) if p])
-    # notebooks import matplotlib (hence NumPy) before minipeft: set the OpenBLAS setting that
-    # backend.py would set, so that the fused ops use every core in the kernel (see backend.rows)
+    # notebooks import matplotlib (hence NumPy) before minipeft: set the OpenBLAS settings that
+    # backend.py would set, so that the kernel runs one pool of threads on every core (backend.rows)
+    kenv.setdefault("OPENBLAS_NUM_THREADS", "1")
     kenv.setdefault("OPENBLAS_THREAD_TIMEOUT", backend.OPENBLAS_THREAD_TIMEOUT)
     kenv.update(env or {})
     start = time.perf_counter()

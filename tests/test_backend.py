@@ -203,6 +203,26 @@ def test_matmul_is_counted(backend):
     numpy.testing.assert_array_equal(backend.to_numpy(out), numpy.full((2, 2), 3.0))
 
 
+@pytest.mark.parametrize("split", [False, True])
+def test_matmul_adds_the_bias_to_every_row_and_counts_once(backend, monkeypatch, split):
+    # split=True: the product is cut into blocks of rows (on NumPy with several threads); the bias
+    # must land on every row of every block, and the product still counts as one
+    if split:
+        monkeypatch.setattr(backend, "MIN_PARALLEL_PRODUCT", 0)
+        monkeypatch.setattr(backend, "_SPLIT_PRODUCTS", True)
+    saved = backend.get_threads()
+    backend.set_threads(3 if split else 1)
+    try:
+        rng = numpy.random.default_rng(0)
+        a, w, b = rng.standard_normal((7, 5)), rng.standard_normal((4, 5)), rng.standard_normal(4)
+        before = backend.stats["matmul"]
+        out = backend.matmul(backend.to_device(a), backend.to_device(w).T, bias=backend.to_device(b))
+        assert backend.stats["matmul"] == before + 1
+    finally:
+        backend.set_threads(saved)
+    numpy.testing.assert_allclose(backend.to_numpy(out), a @ w.T + b, rtol=1e-12, atol=1e-12)
+
+
 # ----------------------------------------------------------------------------- every op: one table
 # Each case: (name, f, specs). specs give the float inputs: a shape draws normals, pos(shape) draws
 # uniform(0.5, 2) (for log, div, fractional powers). Integer/bool constants are host arrays moved

@@ -1,7 +1,11 @@
 """Row-parallel elementwise work (backend.rows): the fused ops, run on blocks of rows in several
 threads, must give the SAME bits as one thread, forward and backward, and still pass float64
 gradient checks. The threshold `backend.MIN_PARALLEL` is set to 0 here, so that even the small
-arrays of a test are cut into blocks (odd row counts, more threads than some arrays have rows)."""
+arrays of a test are cut into blocks (odd row counts, more threads than some arrays have rows).
+
+Matrix products cut into blocks of rows (backend.matmul) are the exception: OpenBLAS may pick a
+different kernel for a block of a few rows than for the whole product, so they are checked
+against one thread to float32 rounding, and for being the same from run to run."""
 from __future__ import annotations
 
 import os
@@ -266,6 +270,105 @@ def test_training_steps_are_bit_identical_with_threads(threaded, method, arch):
     for i, (a, b) in enumerate(zip(p1, p3)):
         assert numpy.array_equal(a, b), f"{arch} {method}: parameter {i} differs after 2 steps " \
                                         f"(max |diff| {numpy.abs(a - b).max():.3g})"
+
+
+# ----------------------------------------------------------------------------- matrix products in blocks
+
+PRODUCTS = {   # name: (shape of a, shape of b, transpose a?, transpose b?, bias?)
+    "plain": ((60, 50), (50, 32), False, False, False),
+    "a transposed (dW = G^T x)": ((60, 50), (50, 32), True, False, False),
+    "b transposed (x W^T + b)": ((60, 50), (50, 32), False, True, True),
+    "3-d times 2-d": ((4, 7, 50), (50, 3), False, False, False),
+    "stacks (attention)": ((3, 2, 9, 5), (3, 2, 5, 4), False, False, False),
+}
+
+
+def _product(shape_a, shape_b, ta, tb, bias, seed=0):
+    rng = numpy.random.default_rng(seed)
+    a = rng.standard_normal(shape_a[:-2] + shape_a[:-3:-1] if ta else shape_a).astype(numpy.float32)
+    b = rng.standard_normal(shape_b[:-2] + shape_b[:-3:-1] if tb else shape_b).astype(numpy.float32)
+    a, b = (a.swapaxes(-1, -2) if ta else a), (b.swapaxes(-1, -2) if tb else b)
+    c = rng.standard_normal(shape_b[-1]).astype(numpy.float32) if bias else None
+    return lambda: backend.matmul(a, b, bias=c)
+
+
+@pytest.fixture
+def products_in_blocks(threaded, monkeypatch):
+    """`threaded`, with every product cut into blocks (threshold 0), also where this process's
+    OpenBLAS runs threads of its own (then the blocks are only slower, not wrong)."""
+    monkeypatch.setattr(backend, "MIN_PARALLEL_PRODUCT", 0)
+    monkeypatch.setattr(backend, "_SPLIT_PRODUCTS", True)
+    return threaded
+
+
+@pytest.mark.parametrize("name", list(PRODUCTS))
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_products_cut_into_blocks_agree_with_one_thread(products_in_blocks, monkeypatch, name, n):
+    product = _product(*PRODUCTS[name])
+    y1 = products_in_blocks(1, product)
+    calls = []
+    real = numpy.matmul
+    monkeypatch.setattr(numpy, "matmul", lambda *a, **k: calls.append(1) or real(*a, **k))
+    yn = products_in_blocks(n, product)
+    rows = PRODUCTS[name][0][0]
+    step = -(-rows // min(n, rows))                  # rows per block, as backend.rows cuts them
+    assert len(calls) == -(-rows // step), f"{name}: {len(calls)} blocks with {n} threads"
+    assert yn.shape == y1.shape and yn.dtype == y1.dtype
+    if name.startswith("stacks"):   # each matrix of a stack is its own call whichever block it is in
+        assert numpy.array_equal(y1, yn), f"{name}: {n} threads differ from 1 (max |diff| {numpy.abs(y1 - yn).max():.3g})"
+    else:                           # OpenBLAS may round a block of a few rows differently
+        err = numpy.abs(y1 - yn).max()
+        assert err <= 1e-5, f"{name}: {n} threads differ from 1 thread by {err:.3g} (float32 rounding is ~1e-6 here)"
+
+
+def test_products_in_blocks_are_the_same_on_every_run(products_in_blocks):
+    for name in PRODUCTS:
+        y, y_again = products_in_blocks(3, _product(*PRODUCTS[name])), products_in_blocks(3, _product(*PRODUCTS[name]))
+        assert numpy.array_equal(y, y_again), f"{name}: two runs with 3 threads differ"
+
+
+def test_products_are_one_call_when_openblas_threads_itself(threaded, monkeypatch):
+    # OPENBLAS_NUM_THREADS > 1 (or an MKL NumPy): BLAS threads the product, minipeft must not
+    monkeypatch.setattr(backend, "MIN_PARALLEL_PRODUCT", 0)
+    monkeypatch.setattr(backend, "_SPLIT_PRODUCTS", False)
+    calls = []
+    real = numpy.matmul
+    monkeypatch.setattr(numpy, "matmul", lambda *a, **k: calls.append(1) or real(*a, **k))
+    threaded(3, _product(*PRODUCTS["plain"]))
+    assert len(calls) == 1
+
+
+def test_a_backward_with_products_in_blocks_matches_one_thread(products_in_blocks):
+    # a whole model: loss and every gradient agree with one thread to float32 rounding
+    from minipeft.nn import Transformer, TransformerConfig
+
+    def loss_and_grads():
+        minipeft.manual_seed(0)
+        model = Transformer(TransformerConfig(arch="gpt2", vocab_size=50, n_ctx=16, d_model=32, n_layer=2, n_head=4))
+        ids = numpy.random.default_rng(1).integers(0, 50, size=(5, 13))
+        _, loss = model(ids[:, :-1], ids[:, 1:])
+        loss.backward()
+        return float(loss.data), {n: p.grad.copy() for n, p in model.named_parameters()}
+    (l1, g1), (l3, g3) = products_in_blocks(1, loss_and_grads), products_in_blocks(3, loss_and_grads)
+    assert abs(l1 - l3) <= 1e-6 * abs(l1), f"loss with 3 threads {l3} vs 1 thread {l1}"
+    # relative to the largest gradient entry of the model: some gradients are rounding noise around
+    # 0 in exact arithmetic (the key bias: softmax ignores a constant added to a row of scores)
+    scale = max(numpy.abs(g).max() for g in g1.values())
+    for name in g1:
+        err = numpy.abs(g1[name] - g3[name]).max() / scale
+        assert err <= 1e-5, f"gradient of {name} differs by {err:.3g} (relative to the largest gradient)"
+
+
+def test_rows_inside_a_block_runs_in_that_thread(threaded):
+    # a block that calls rows (or backend.matmul) again must not wait for the busy pool
+    x = numpy.arange(24.0).reshape(6, 4)
+    y = numpy.empty_like(x)
+
+    def outer(x, y):
+        backend.rows(lambda xi, yi: numpy.multiply(xi, 2.0, out=yi), x, y)
+
+    threaded(3, lambda: backend.rows(outer, x, y))
+    assert numpy.array_equal(y, 2 * x)
 
 
 def test_rows_on_cupy_is_one_call_on_the_whole_arrays(backend, monkeypatch):
