@@ -69,12 +69,16 @@ def test_cupy_backend_without_gpu_is_a_clear_error():
 
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_step_flops_counts_the_products_a_step_runs(method, monkeypatch):
-    """The documented FLOP formula equals 2*n*k*m summed over every backend.matmul of a step."""
+    """The documented FLOP formula equals 2*n*k*m summed over every product NumPy runs in a step
+    (counted at numpy.matmul itself: attention multiplies block by block inside `backend.rows`, and
+    backend.matmul may cut a product into blocks of rows; the FLOPs add up either way)."""
     if method == "lora":
         pytest.importorskip("minipeft.peft")
+    if backend.name != "numpy":
+        pytest.skip("counts the products at numpy.matmul, so it needs the NumPy backend")
     cfg = dict(bench.CONFIGS["tiny"], n_layer=2, batch=2, n_ctx=16, vocab_size=64, d_model=32, n_head=2)
     counted = []
-    real = backend.matmul
+    real = numpy.matmul
 
     def counting(a, b, out=None):
         batch = math.prod(numpy.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
@@ -83,7 +87,7 @@ def test_step_flops_counts_the_products_a_step_runs(method, monkeypatch):
 
     model, opt = bench.build_minipeft(cfg, method)
     ids = numpy.random.default_rng(0).integers(0, cfg["vocab_size"], size=(cfg["batch"], cfg["n_ctx"] + 1))
-    monkeypatch.setattr(backend, "matmul", counting)
+    monkeypatch.setattr(numpy, "matmul", counting)
     bench.minipeft_step(model, opt, ids[:, :-1], ids[:, 1:])
     assert sum(counted) == bench.step_flops(cfg, method)
 
@@ -166,3 +170,13 @@ def test_a_missing_pytorch_is_reported_not_silent(monkeypatch):
     assert "torch_ms_per_step" not in out and "not importable" in out["torch_skipped"]
     out = bench.run("tiny", "full", steps=1, warmup=0, batch=1, pause=0.0, with_torch=False)
     assert "torch_skipped" not in out, "--no-torch asked for no PyTorch: nothing to report"
+
+
+def test_threads_sets_both_libraries_and_restores_minipefts_setting():
+    saved = backend.get_threads()
+    out = bench.run("tiny", "full", steps=1, warmup=0, with_torch=False, batch=2, pause=0.0, threads=1)
+    assert (out["threads"], out["row_threads"]) == (1, 1)
+    assert backend.get_threads() == saved, "bench.run(threads=...) must give minipeft its thread count back"
+    proc = subprocess.run([sys.executable, "-m", "minipeft.bench", "--threads", "0"], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode != 0 and "--threads must be at least 1" in proc.stderr

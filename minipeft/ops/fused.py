@@ -22,9 +22,7 @@ class Linear(Function):
     @staticmethod
     def forward(ctx, x, w, b=None):
         x2 = x.reshape(-1, x.shape[-1])                     # (N, in)
-        y = backend.matmul(x2, w.T)                         # (N, out)
-        if b is not None:
-            y += b
+        y = backend.matmul(x2, w.T, bias=b)                 # (N, out), + b in the same pass over rows
         ctx.save_for_backward(x2, w, x.shape)
         return y.reshape(x.shape[:-1] + (w.shape[0],))
 
@@ -275,9 +273,6 @@ class Attention(Function):
             k = xp.concatenate([kp, k], axis=2)
             v = xp.concatenate([vp, v], axis=2)
         scale = 1.0 / math.sqrt(D)
-        # K'^T copied contiguous: OpenBLAS multiplies by a transposed (D, T) operand ~2x slower
-        kt = xp.ascontiguousarray(k.swapaxes(-1, -2))           # (B, H, D, P+Tk)
-        s = backend.matmul(q * scale, kt)                        # (B, H, Tq, P+Tk), scaled on the small side
         mask = None                                              # True = blocked
         grad_scale = scale                                       # dS/d(QK'^T), per row
         if causal:
@@ -298,17 +293,28 @@ class Attention(Function):
                 lead = tuple(max(a, b) for a, b in zip(mask.shape[:3], pmask.shape[:3]))
                 mask = xp.concatenate([xp.broadcast_to(pmask, lead + (P,)),
                                        xp.broadcast_to(mask, lead + (Tk,))], axis=-1)
-            xp.copyto(s, s.dtype.type(_NEG), where=mask)         # in place, broadcast over B and H
             # a row with every key blocked has constant scores: nothing flows back through them
-            grad_scale = (~mask.all(axis=-1, keepdims=True)) * s.dtype.type(scale)  # (B|1, 1, Tq, 1)
+            grad_scale = (~mask.all(axis=-1, keepdims=True)) * q.dtype.type(scale)  # (B|1, 1, Tq, 1)
+        grad_scale = xp.broadcast_to(xp.asarray(grad_scale, dtype=q.dtype), (B, 1, Tq, 1))  # per query row
+        masks = () if mask is None else (xp.broadcast_to(mask, (B,) + mask.shape[1:]),)
+        neg = q.dtype.type(_NEG)
 
-        def softmax_rows(s):                                     # A = softmax(S) along the keys, in place
-            s -= s.max(axis=-1, keepdims=True)
+        def attend_rows(q, k, v, s, out, *mask):                # a block of the batch, every step in place
+            # K'^T copied contiguous: OpenBLAS multiplies by a transposed (D, T) operand ~2x slower
+            kt = xp.ascontiguousarray(k.swapaxes(-1, -2))       # (b, H, D, P+Tk)
+            xp.matmul(q * scale, kt, out=s)                      # S = Q K'^T / sqrt(D), scaled on the small side
+            if mask:
+                xp.copyto(s, neg, where=mask[0])                 # blocked keys: S = -1e9
+            s -= s.max(axis=-1, keepdims=True)                   # A = softmax(S) along the keys
             xp.exp(s, out=s)
             s *= 1.0 / s.sum(axis=-1, keepdims=True)            # one division per row, not per entry
+            xp.matmul(s, v, out=out)                             # out = A V'
 
-        backend.rows(softmax_rows, *backend.as_rows(s))          # blocks of rows in parallel threads
-        out = backend.matmul(s, v)                               # (B, H, Tq, D)
+        dtype = xp.result_type(q, k, v)
+        s = xp.empty((B, H, Tq, P + Tk), dtype)                  # (B, H, Tq, P+Tk): S, then A
+        out = xp.empty((B, H, Tq, D), dtype)
+        backend.stats["matmul"] += 2                             # Q K'^T and A V', one block per thread:
+        backend.rows(attend_rows, q, k, v, s, out, *masks)       # blocks of the batch in parallel threads
         ctx.save_for_backward(q, k, v, s, grad_scale, P,
                               None if k_prefix is None else k_prefix.shape)
         return out
@@ -318,31 +324,35 @@ class Attention(Function):
         q, k, v, a, scale, P, pshape = ctx.saved
         need = tuple(ctx.needs_input_grad) + (False,) * (5 - len(ctx.needs_input_grad))
         need_q, need_k, need_v, need_kp, need_vp = need[:5]
-        gq = gk = gv = gkp = gvp = None
-        if need_v or need_vp:
-            # dL/dV' = A^T G
-            gv_all = backend.matmul(a.swapaxes(-1, -2), g)       # (B, H, P+Tk, D)
-            gv = gv_all[:, :, P:] if need_v else None
-            gvp = gv_all[:, :, :P] if need_vp else None
-        if need_q or need_k or need_kp:
-            # dL/dA = G V'^T;  dL/dS = A * (dL/dA - sum_j A_j dL/dA_j)  (softmax backward)
-            vt = backend.xp.ascontiguousarray(v.swapaxes(-1, -2))  # (B, H, D, P+Tk), see forward
-            ga = backend.matmul(g, vt)                            # (B, H, Tq, P+Tk)
+        xp, B = backend.xp, q.shape[0]
+        # the gradients someone needs, each (B, H, ., D); dL/dK' and dL/dV' include the prefix rows
+        grads = {name: xp.empty(x.shape, g.dtype) for name, x, needed in
+                 (("q", q, need_q), ("k", k, need_k or need_kp), ("v", v, need_v or need_vp)) if needed}
 
-            def softmax_grad_rows(ga, a):                         # in place: ga becomes dL/dS
-                ga -= backend.xp.einsum("...j,...j->...", ga, a)[..., None]  # row dot products
-                ga *= a
+        def attend_grad_rows(g, q, k, v, a, scale, *blocks):    # a block of the batch, (b, H, ., .)
+            out = dict(zip(grads, blocks))
+            if "v" in out:
+                xp.matmul(a.swapaxes(-1, -2), g, out=out["v"])    # dL/dV' = A^T G
+            if "q" in out or "k" in out:
+                # dL/dA = G V'^T;  dL/dS = A * (dL/dA - sum_j A_j dL/dA_j)  (softmax backward)
+                vt = xp.ascontiguousarray(v.swapaxes(-1, -2))      # (b, H, D, P+Tk), see forward
+                gs = xp.matmul(g, vt)                              # (b, H, Tq, P+Tk): dL/dA, then dL/dS
+                gs -= xp.einsum("...j,...j->...", gs, a)[..., None]   # row dot products
+                gs *= a
+                # through S = (Q scale) K'^T: the scale (0 on fully masked rows) goes on the small side
+                if "q" in out:
+                    xp.matmul(gs, k, out=out["q"])                 # dL/dQ = dL/dS K' scale
+                    out["q"] *= scale
+                if "k" in out:
+                    xp.matmul(gs.swapaxes(-1, -2), q * scale, out=out["k"])   # dL/dK' = dL/dS^T Q scale
 
-            backend.rows(softmax_grad_rows, *backend.as_rows(ga, a))
-            gs = ga
-            # through S = (Q scale) K'^T: the scale (0 on fully masked rows) goes on the small side
-            if need_q:
-                gq = backend.matmul(gs, k)                        # dL/dQ = dL/dS K' scale
-                gq *= scale
-            if need_k or need_kp:
-                gk_all = backend.matmul(gs.swapaxes(-1, -2), q * scale)  # dL/dK' = dL/dS^T Q scale
-                gk = gk_all[:, :, P:] if need_k else None
-                gkp = gk_all[:, :, :P] if need_kp else None
+        backend.stats["matmul"] += len(grads) + ("q" in grads or "k" in grads)   # one per gradient, + G V'^T
+        backend.rows(attend_grad_rows, g, q, k, v, a, scale, *grads.values())   # blocks of the batch in threads
+        gq = grads.get("q")
+        gk = grads["k"][:, :, P:] if need_k else None
+        gkp = grads["k"][:, :, :P] if need_kp else None
+        gv = grads["v"][:, :, P:] if need_v else None
+        gvp = grads["v"][:, :, :P] if need_vp else None
         # a prefix shared by the whole batch (leading dim 1) sums its gradient over the batch
         if gkp is not None and pshape[0] == 1:
             gkp = gkp.sum(axis=0, keepdims=True)
