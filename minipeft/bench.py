@@ -14,13 +14,14 @@ CPU threads are timed in the same process, ALTERNATING one minipeft step with on
 so that noise from other processes on the machine hits both. `ratio` = minipeft / torch.
 With `--backend cupy`, PyTorch runs on the same GPU ("cuda"; both in plain float32, no TF32,
 which is the default of both libraries), each step timed between two synchronisations.
-Threads: PyTorch gets torch.set_num_threads(os.cpu_count()); NumPy's OpenBLAS uses its default, one
-thread per core; minipeft's fused elementwise work runs on backend.get_threads() threads
-(backend.rows; MINIPEFT_THREADS=1 turns that off). Before each step the bench pauses
-0.15 s (PAUSE_S; not on a GPU), and by default it makes glibc keep freed memory (see keep_freed_memory).
+Threads: PyTorch gets torch.set_num_threads(os.cpu_count()); minipeft runs on backend.get_threads()
+threads (one per usable core; MINIPEFT_THREADS=1 = one core): OpenBLAS multiplies on one thread,
+and backend.matmul / backend.rows cut the products and the fused elementwise work into blocks of
+rows for minipeft's own pool (see backend.py). Before each step the bench pauses 0.15 s (PAUSE_S;
+not on a GPU), and by default it makes glibc keep freed memory (see keep_freed_memory).
 PyTorch's OpenMP threads spin between kernels by default, which makes its many short kernels
 cheaper to start; `--torch-omp-wait passive` makes them sleep instead (OMP_WAIT_POLICY=PASSIVE),
-closer to minipeft's OpenBLAS threads, which spin ~25 us (backend.OPENBLAS_THREAD_TIMEOUT).
+as minipeft's pool threads do between blocks (Python threads waiting on a lock).
 Results and the method are recorded in bench/RESULTS.md.
 
 Reported quantities (JSON keys):
@@ -105,16 +106,17 @@ def step_flops(cfg: dict, method: str, r: int = LORA_R) -> int:
 
 
 def matmul_peak_gflops(xp, sync, n: int = 1024, reps: int = 10) -> float:
-    """Best float32 GFLOP/s of an n x n @ n x n product on this machine (`reps` timed products)."""
+    """Best float32 GFLOP/s of an n x n @ n x n product on this machine (`reps` timed products),
+    multiplied as minipeft multiplies: backend.matmul, in blocks of rows on every thread."""
     a = xp.asarray(numpy.random.default_rng(0).standard_normal((n, n), dtype=numpy.float32))
     b = xp.asarray(numpy.random.default_rng(1).standard_normal((n, n), dtype=numpy.float32))
     c = xp.empty((n, n), dtype=xp.float32)
-    xp.matmul(a, b, out=c)
+    backend.matmul(a, b, out=c)
     sync()
     best = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()
-        xp.matmul(a, b, out=c)
+        backend.matmul(a, b, out=c)
         sync()
         best = min(best, time.perf_counter() - t0)
     return 2 * n ** 3 / best / 1e9
@@ -353,7 +355,21 @@ def torch_device_for(backend_name: str) -> str | None:
 def run(config: str = "tiny", method: str = "full", backend_name: str = "numpy", steps: int | None = None,
         with_torch: bool = True, threads: int | None = None, tune_malloc: bool = True,
         pause: float | None = None, warmup: int = WARMUP, seed: int = 0, batch: int | None = None) -> dict:
-    """Build, warm up and time both libraries; returns the dict that `--json` prints."""
+    """Build, warm up and time both libraries; returns the dict that `--json` prints.
+    threads: None = PyTorch gets os.cpu_count() threads and minipeft keeps its own setting;
+    n = both get n (minipeft's is restored afterwards)."""
+    saved = backend.get_threads()
+    if threads is not None:
+        backend.set_threads(threads)
+    try:
+        return _run(config, method, backend_name, steps, with_torch, threads or os.cpu_count() or 1,
+                    tune_malloc, pause, warmup, seed, batch)
+    finally:
+        if threads is not None:
+            backend.set_threads(saved)
+
+
+def _run(config, method, backend_name, steps, with_torch, threads, tune_malloc, pause, warmup, seed, batch):
     cfg = make_config(config, batch)
     if method not in ("full", "lora"):
         raise ValueError(f"unknown method {method!r}; expected 'full' or 'lora'")
@@ -363,7 +379,6 @@ def run(config: str = "tiny", method: str = "full", backend_name: str = "numpy",
     steps = steps or DEFAULT_STEPS[config]
     if pause is None:  # the pause is for OpenBLAS's spinning threads; a GPU has none
         pause = PAUSE_S if backend.name == "numpy" else 0.0
-    threads = threads or os.cpu_count() or 1
     malloc_tuned = keep_freed_memory() if tune_malloc else False
 
     manual_seed(seed)
@@ -403,8 +418,9 @@ def run(config: str = "tiny", method: str = "full", backend_name: str = "numpy",
 
     # Alternate one minipeft step with one PyTorch step, so that noise from the rest of the
     # machine hits both. Before each step, pause: the worker threads of the library that just ran
-    # keep spinning after its last kernel (PyTorch's OpenMP threads by default; OpenBLAS's for
-    # ~25 us with backend.OPENBLAS_THREAD_TIMEOUT, ~0.1 s without) and would take a core from the other.
+    # may keep spinning after its last kernel (PyTorch's OpenMP threads by default; OpenBLAS's
+    # when it runs threads of its own, ~25 us with backend.OPENBLAS_THREAD_TIMEOUT, ~0.1 s without)
+    # and would take a core from the other.
     times, torch_times = [], []
     for _ in range(steps):
         if timed_torch is not None:
@@ -435,6 +451,8 @@ def run(config: str = "tiny", method: str = "full", backend_name: str = "numpy",
         "threads": threads,
         "row_threads": backend.get_threads(),         # threads of backend.rows (elementwise work)
         "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
+        "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
+        "products_in_blocks": backend._SPLIT_PRODUCTS and backend.name == "numpy",
         "malloc_tuned": malloc_tuned,
         "numpy_version": numpy.__version__,
         "python": platform.python_version(),
@@ -473,6 +491,9 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=WARMUP, help=f"untimed steps first (default {WARMUP})")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-torch", action="store_true", help="do not time the PyTorch reference")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for both libraries: minipeft's pool (backend.set_threads) and "
+                        "torch.set_num_threads (default: every core). 1 = one thread each")
     p.add_argument("--torch-omp-wait", choices=["default", "passive"], default="default",
                    help="passive: PyTorch's OpenMP threads sleep between kernels instead of spinning "
                         "(OMP_WAIT_POLICY=PASSIVE; minipeft's OpenBLAS threads spin only ~25 us, see "
@@ -485,6 +506,8 @@ def main(argv=None) -> int:
         p.error("--steps must be at least 1")
     if args.batch is not None and args.batch < 1:
         p.error("--batch must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be at least 1")
     if args.torch_omp_wait == "passive":
         if "torch" in sys.modules:  # OpenMP reads the variable when PyTorch's runtime starts
             p.error("--torch-omp-wait passive: PyTorch was imported before the bench started")
@@ -495,7 +518,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     res = run(args.config, args.method, args.backend, args.steps, with_torch=not args.no_torch,
-              tune_malloc=args.malloc == "keep", warmup=args.warmup, batch=args.batch)
+              tune_malloc=args.malloc == "keep", warmup=args.warmup, batch=args.batch, threads=args.threads)
     if args.json:
         print(json.dumps(res))
         return 0
