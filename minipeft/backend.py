@@ -28,13 +28,17 @@ import threading
 # on ONE thread, and minipeft cuts each large product into blocks of rows that its own threads
 # multiply at the same time, as it does for the elementwise passes. With two pools (OpenBLAS's and
 # minipeft's) each product had to wake OpenBLAS's sleeping threads and the elementwise work waited
-# for them to fall asleep again; with one pool a 2-core training step got 5-10 % faster and
-# attention scaled 1.75x instead of 1.1x on 2 cores (bench/RESULTS.md). OpenBLAS reads the
-# variable when NumPy is first imported, so it only counts if NumPy is not loaded yet; a value you
-# set yourself is kept (OPENBLAS_NUM_THREADS=2 = OpenBLAS threads its products, minipeft does not).
+# for them to fall asleep again; with one pool a 2-core training step got 1-10 % faster, and
+# attention gets 1.65-1.9x faster from 1 to 2 cores instead of 1.05-1.2x (bench/RESULTS.md).
+# OpenBLAS reads the variable when NumPy is first imported, so it only counts if NumPy is not
+# loaded yet; a value you set yourself is kept (OPENBLAS_NUM_THREADS=2: OpenBLAS threads its
+# products and minipeft does not cut them). What minipeft sets it takes back once NumPy has loaded,
+# so that other programs started from this one (and their own OpenBLAS) are not held to one thread.
 _NUMPY_FIRST = "numpy" in sys.modules
-if not _NUMPY_FIRST:
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+_SET_BY_US = not _NUMPY_FIRST and "OPENBLAS_NUM_THREADS" not in os.environ
+if _SET_BY_US:
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+OPENBLAS_NUM_THREADS = os.environ.get("OPENBLAS_NUM_THREADS")   # what this process's OpenBLAS read
 # If OpenBLAS does run several threads, they spin for 2^28 cycles (~0.1 s) after each product and
 # take the cores from the threads of `rows`. 16 = spin 2^16 cycles (~25 us): long enough to stay
 # awake between the small products of one batched matmul, short enough to free the cores for the
@@ -45,6 +49,9 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", OPENBLAS_THREAD_TIMEOUT)
 
 import numpy  # noqa: E402
 
+if _SET_BY_US:
+    del os.environ["OPENBLAS_NUM_THREADS"]
+
 xp = numpy            # the array module in use: numpy or cupy
 name = "numpy"        # "numpy" or "cupy"
 _default_dtype = numpy.float32
@@ -53,7 +60,7 @@ _default_dtype = numpy.float32
 def _blas_runs_one_thread() -> bool:
     """True when NumPy's BLAS is OpenBLAS started with OPENBLAS_NUM_THREADS=1: then `matmul` may
     run products in several threads of its own. (An MKL-linked NumPy threads its products itself.)"""
-    if os.environ.get("OPENBLAS_NUM_THREADS") != "1":
+    if OPENBLAS_NUM_THREADS != "1":
         return False
     try:
         blas = numpy.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]
@@ -231,8 +238,9 @@ def matmul(a, b, out=None, bias=None):
 
     On NumPy with several threads (`set_threads`), a large product is cut into blocks of rows of
     `a`, or of the batch for stacks of matrices, that the threads of `rows` multiply at the same
-    time (OpenBLAS itself runs on one thread, see the top of this file). Each block is the same
-    product on fewer rows, so the result is the same whichever thread computes it.
+    time (OpenBLAS itself runs on one thread, see the top of this file). With the same number of
+    threads the blocks are the same, so results repeat exactly from run to run; against one thread
+    they can differ in the last bits (OpenBLAS may use another kernel for a block of a few rows).
     a: (..., n, k), b: (k, m) or (..., k, m) with the same leading dims; bias: (m,) added to every row.
     """
     stats["matmul"] += 1
@@ -248,19 +256,28 @@ def matmul(a, b, out=None, bias=None):
     if out is None:
         shape = xp.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
         out = xp.empty(shape, xp.result_type(a, b))
-    if b.ndim == 2:                                   # every block of rows times the same b
+    if a.ndim == 2 and b.ndim == 2 and a.shape[0] < _threads:
+        # few rows (decoding one token: x is (1, d)): cut the columns of b and out instead
+        def product_columns(bt, outt, *bias):        # bt: (m_block, k), outt: (m_block, n), views
+            xp.matmul(a, bt.T, out=outt.T)
+            if bias:
+                outt += bias[0][:, None]
+        rows(product_columns, b.T, out.T, *(() if bias is None else (bias,)), min_size=0)
+    elif b.ndim == 2:                                 # every block of rows times the same b
         rows(lambda a, out: product_rows(a, b, out), a, out, min_size=0)
     else:                                             # stacks: block i of a times block i of b
         rows(product_rows, a, b, out, min_size=0)
     return out
 
 
-MIN_PARALLEL_PRODUCT = 1 << 23   # multiply-adds (~8M, ~60 us on one core): below, a hand-off costs more
+MIN_PARALLEL_PRODUCT = 1 << 23   # multiply-adds (~8M, ~0.1 ms on one core): below, a hand-off costs more
 
 
 def _product_worth_threads(a, b) -> bool:
-    if name != "numpy" or _threads < 2 or not _SPLIT_PRODUCTS or a.shape[0] < 2:
+    if name != "numpy" or _threads < 2 or not _SPLIT_PRODUCTS:
         return False
+    if a.shape[0] < 2 and not (a.ndim == 2 and b.ndim == 2):
+        return False                                  # one matrix of a stack: nothing to cut
     if b.ndim != 2 and (b.ndim != a.ndim or b.shape[:-2] != a.shape[:-2]):
         return False                                  # broadcast stacks: one call
     return a.size * b.shape[-1] >= MIN_PARALLEL_PRODUCT
@@ -288,18 +305,22 @@ def scatter_add(target, indices, values):
 
 # ----------------------------------------------------------------------------- threads for elementwise work
 #
-# NumPy runs one elementwise pass (x * y, tanh, exp, a sum along the last axis) on ONE core; only
-# its matrix products (BLAS) use the others. It does release Python's GIL inside those loops,
-# so Python threads that work on different rows of the same arrays run at the same time. `rows`
-# does exactly that for the fused ops (GELU, softmax, layer norm, cross-entropy, AdamW). Each row
-# is computed by the same code in the same order whichever thread runs it, so the result is
-# bit-identical to a single-threaded run. On CuPy the GPU is parallel already: `rows` just calls.
+# NumPy runs one elementwise pass (x * y, tanh, exp, a sum along the last axis) on ONE core, and
+# with OPENBLAS_NUM_THREADS=1 (top of this file) its matrix products too. It does release Python's
+# GIL inside those loops, so Python threads that work on different rows of the same arrays run at
+# the same time. `rows` does exactly that for the fused ops (GELU, attention, layer norm,
+# cross-entropy, AdamW) and for the blocks of `matmul`. Each row of an elementwise pass is computed
+# by the same code in the same order whichever thread runs it, so the result is bit-identical to a
+# single-threaded run (products: see `matmul`). Handing a block to a sleeping thread costs ~0.1 ms
+# on a small virtual machine, so only large arrays are cut. On CuPy the GPU is parallel already:
+# `rows` just calls.
 
 def _default_threads() -> int:
     """$MINIPEFT_THREADS if set; else the usable cores, but 1 when NumPy was imported before
-    minipeft with neither OPENBLAS_NUM_THREADS=1 nor OPENBLAS_THREAD_TIMEOUT set (OpenBLAS's
-    threads then spin after every product and two threads of `rows` measured 3 % slower than
-    one: import minipeft first, or set OPENBLAS_NUM_THREADS=1 before NumPy loads)."""
+    minipeft and its OpenBLAS may run threads that spin after every product (neither
+    OPENBLAS_NUM_THREADS=1 nor OPENBLAS_THREAD_TIMEOUT was set): two threads of `rows` then
+    measured 3 % slower than one. Import minipeft first, or set OPENBLAS_NUM_THREADS=1 before
+    NumPy loads."""
     env = os.environ.get("MINIPEFT_THREADS", "").strip()
     if env:
         if not env.isdigit() or int(env) < 1:
@@ -345,7 +366,8 @@ def rows(fn, *arrays, min_size: int | None = None) -> None:
         backend.rows(gelu_rows, x2, y2)          # x2, y2: (N, d)
 
     Small arrays (fewer than `min_size` numbers in the first, default MIN_PARALLEL), one thread,
-    or the CuPy backend: one call fn(*arrays) in this thread.
+    the CuPy backend, or a call from inside a block of `rows` (the pool is busy; waiting for it
+    there could wait forever): one call fn(*arrays) in this thread.
     The workers run under the caller's numpy.errstate, and `rows` returns only when every block
     is done, also when one of them raised (the first error is re-raised). Not meant to be called
     from several user threads at once while another changes `set_threads`."""
