@@ -106,6 +106,8 @@ def _inputs(*shapes, seed=0, dtype=numpy.float32):
 
 
 TARGETS = numpy.array([1, 0, 10, -100, 3, 3, 7, 2, -100, 9, 5, 0, 4])
+KEY_MASK = numpy.array([[1, 1, 1, 0, 0], [0, 0, 0, 0, 0], [1, 0, 1, 1, 1]], dtype=bool)
+PREFIX_START = numpy.array([[0, 3]])          # row 0 always visible, row 1 from position 3 on
 OPS = {   # name: (input shapes, the op)
     "gelu": (((7, 5, 9),), ops.gelu),
     "layer_norm": (((7, 5, 9), (9,), (9,)), ops.layer_norm),
@@ -113,6 +115,15 @@ OPS = {   # name: (input shapes, the op)
     "attention": (((3, 2, 5, 4),) * 3, lambda q, k, v: ops.attention(q, k, v, causal=True)),
     "attention_prefix": (((3, 2, 5, 4),) * 3 + ((1, 2, 2, 4),) * 2,
                          lambda q, k, v, kp, vp: ops.attention(q, k, v, kp, vp, causal=True)),
+    # padding keys, one sample with every key padded (constant scores: no gradient through them)
+    "attention_key_mask": (((3, 2, 5, 4),) * 3,
+                           lambda q, k, v: ops.attention(q, k, v, causal=False, key_mask=KEY_MASK)),
+    # a prefix per sample, with rows that open later (an infix) or never
+    "attention_prefix_start": (((3, 2, 5, 4),) * 3 + ((3, 2, 2, 4),) * 2,
+                               lambda q, k, v, kp, vp: ops.attention(q, k, v, kp, vp, causal=True,
+                                                                     prefix_start=PREFIX_START)),
+    # one sample and more threads than samples: attention is cut by heads instead of the batch
+    "attention_batch_1": (((1, 4, 5, 4),) * 3, lambda q, k, v: ops.attention(q, k, v, causal=True)),
 }
 
 
@@ -280,7 +291,14 @@ PRODUCTS = {   # name: (shape of a, shape of b, transpose a?, transpose b?, bias
     "b transposed (x W^T + b)": ((60, 50), (50, 32), False, True, True),
     "3-d times 2-d": ((4, 7, 50), (50, 3), False, False, False),
     "stacks (attention)": ((3, 2, 9, 5), (3, 2, 5, 4), False, False, False),
+    "one row (decoding: columns are cut)": ((1, 50), (50, 32), False, True, True),
 }
+
+
+def _cut_length(name):
+    """How many rows (or columns, for a product with fewer rows than threads) backend.matmul cuts."""
+    shape_a, shape_b = PRODUCTS[name][:2]
+    return shape_b[-1] if name.startswith("one row") else shape_a[0]
 
 
 def _product(shape_a, shape_b, ta, tb, bias, seed=0):
@@ -310,7 +328,7 @@ def test_products_cut_into_blocks_agree_with_one_thread(products_in_blocks, monk
     real = numpy.matmul
     monkeypatch.setattr(numpy, "matmul", lambda *a, **k: calls.append(1) or real(*a, **k))
     yn = products_in_blocks(n, product)
-    rows = PRODUCTS[name][0][0]
+    rows = _cut_length(name)
     step = -(-rows // min(n, rows))                  # rows per block, as backend.rows cuts them
     assert len(calls) == -(-rows // step), f"{name}: {len(calls)} blocks with {n} threads"
     assert yn.shape == y1.shape and yn.dtype == y1.dtype
@@ -360,15 +378,27 @@ def test_a_backward_with_products_in_blocks_matches_one_thread(products_in_block
 
 
 def test_rows_inside_a_block_runs_in_that_thread(threaded):
-    # a block that calls rows (or backend.matmul) again must not wait for the busy pool
+    # a block that calls rows (or backend.matmul) again must run it itself, not wait for the busy
+    # pool (with every worker waiting on nested blocks, that would wait forever)
+    import threading
     x = numpy.arange(24.0).reshape(6, 4)
     y = numpy.empty_like(x)
+    same_thread = []
 
     def outer(x, y):
-        backend.rows(lambda xi, yi: numpy.multiply(xi, 2.0, out=yi), x, y)
+        me = threading.get_ident()
 
-    threaded(3, lambda: backend.rows(outer, x, y))
+        def inner(xi, yi):
+            same_thread.append(threading.get_ident() == me)
+            numpy.multiply(xi, 2.0, out=yi)
+        backend.rows(inner, x, y)
+
+    runner = threading.Thread(target=lambda: threaded(3, lambda: backend.rows(outer, x, y)), daemon=True)
+    runner.start()
+    runner.join(timeout=60)
+    assert not runner.is_alive(), "nested backend.rows did not finish within 60 s (waiting for its own pool?)"
     assert numpy.array_equal(y, 2 * x)
+    assert same_thread and all(same_thread), "a nested block ran in another thread"
 
 
 def test_rows_on_cupy_is_one_call_on_the_whole_arrays(backend, monkeypatch):

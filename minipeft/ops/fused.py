@@ -295,11 +295,11 @@ class Attention(Function):
                                        xp.broadcast_to(mask, lead + (Tk,))], axis=-1)
             # a row with every key blocked has constant scores: nothing flows back through them
             grad_scale = (~mask.all(axis=-1, keepdims=True)) * q.dtype.type(scale)  # (B|1, 1, Tq, 1)
-        grad_scale = xp.broadcast_to(xp.asarray(grad_scale, dtype=q.dtype), (B, 1, Tq, 1))  # per query row
-        masks = () if mask is None else (xp.broadcast_to(mask, (B,) + mask.shape[1:]),)
+        grad_scale = xp.broadcast_to(xp.asarray(grad_scale, dtype=q.dtype), (B, H, Tq, 1))  # per query row
+        masks = () if mask is None else (xp.broadcast_to(mask, (B, H) + mask.shape[2:]),)
         neg = q.dtype.type(_NEG)
 
-        def attend_rows(q, k, v, s, out, *mask):                # a block of the batch, every step in place
+        def attend_rows(q, k, v, s, out, *mask):                # a block of the batch (or heads), in place
             # K'^T copied contiguous: OpenBLAS multiplies by a transposed (D, T) operand ~2x slower
             kt = xp.ascontiguousarray(k.swapaxes(-1, -2))       # (b, H, D, P+Tk)
             xp.matmul(q * scale, kt, out=s)                      # S = Q K'^T / sqrt(D), scaled on the small side
@@ -314,7 +314,7 @@ class Attention(Function):
         s = xp.empty((B, H, Tq, P + Tk), dtype)                  # (B, H, Tq, P+Tk): S, then A
         out = xp.empty((B, H, Tq, D), dtype)
         backend.stats["matmul"] += 2                             # Q K'^T and A V', one block per thread:
-        backend.rows(attend_rows, q, k, v, s, out, *masks)       # blocks of the batch in parallel threads
+        backend.rows(attend_rows, *_blocks_of(q, k, v, s, out, *masks))   # blocks of the batch (or heads)
         ctx.save_for_backward(q, k, v, s, grad_scale, P,
                               None if k_prefix is None else k_prefix.shape)
         return out
@@ -329,7 +329,7 @@ class Attention(Function):
         grads = {name: xp.empty(x.shape, g.dtype) for name, x, needed in
                  (("q", q, need_q), ("k", k, need_k or need_kp), ("v", v, need_v or need_vp)) if needed}
 
-        def attend_grad_rows(g, q, k, v, a, scale, *blocks):    # a block of the batch, (b, H, ., .)
+        def attend_grad_rows(g, q, k, v, a, scale, *blocks):    # a block of the batch (or heads)
             out = dict(zip(grads, blocks))
             if "v" in out:
                 xp.matmul(a.swapaxes(-1, -2), g, out=out["v"])    # dL/dV' = A^T G
@@ -347,7 +347,7 @@ class Attention(Function):
                     xp.matmul(gs.swapaxes(-1, -2), q * scale, out=out["k"])   # dL/dK' = dL/dS^T Q scale
 
         backend.stats["matmul"] += len(grads) + ("q" in grads or "k" in grads)   # one per gradient, + G V'^T
-        backend.rows(attend_grad_rows, g, q, k, v, a, scale, *grads.values())   # blocks of the batch in threads
+        backend.rows(attend_grad_rows, *_blocks_of(g, q, k, v, a, scale, *grads.values()))  # blocks in threads
         gq = grads.get("q")
         gk = grads["k"][:, :, P:] if need_k else None
         gkp = grads["k"][:, :, :P] if need_kp else None
@@ -359,6 +359,15 @@ class Attention(Function):
         if gvp is not None and pshape[0] == 1:
             gvp = gvp.sum(axis=0, keepdims=True)
         return gq, gk, gv, gkp, gvp
+
+
+def _blocks_of(*arrays):
+    """(B, H, ...) arrays as `backend.rows` should cut them: by the batch, or by the heads (views
+    with H first) when the batch is smaller than the thread count (B = 1: one prompt, decoding)."""
+    B, H = arrays[0].shape[:2]
+    if B >= backend.get_threads() or H <= B:
+        return arrays
+    return [a.swapaxes(0, 1) for a in arrays]
 
 
 def attention(q, k, v, k_prefix=None, v_prefix=None, causal=True, key_mask=None, prefix_start=None):
