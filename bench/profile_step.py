@@ -20,7 +20,7 @@ import sys
 import time
 
 sys.path.insert(0, ".")
-# minipeft before NumPy: it sets OpenBLAS's thread timeout, which only counts before NumPy loads
+# minipeft before NumPy: it sets OpenBLAS's thread settings, which only count before NumPy loads
 from minipeft import backend, bench, manual_seed  # noqa: E402
 
 from minipeft.autograd import Function  # noqa: E402

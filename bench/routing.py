@@ -21,7 +21,7 @@ import platform
 import statistics
 import time
 
-import minipeft  # before NumPy: it sets OpenBLAS's thread timeout, which only counts before NumPy loads
+import minipeft  # before NumPy: it sets OpenBLAS's thread settings, which only count before NumPy loads
 from minipeft import backend
 from minipeft.nn import Transformer, TransformerConfig
 from minipeft.peft import LoraConfig, apply

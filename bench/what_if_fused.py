@@ -28,7 +28,7 @@ import sys
 import time
 
 sys.path.insert(0, ".")
-import minipeft  # noqa: E402,F401  (first: sets OpenBLAS's thread timeout before NumPy loads)
+import minipeft  # noqa: E402,F401  (first: sets OpenBLAS's thread settings before NumPy loads)
 from minipeft import backend, bench, manual_seed  # noqa: E402
 from minipeft.ops import activations, fused  # noqa: E402
 

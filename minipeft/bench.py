@@ -14,11 +14,12 @@ CPU threads are timed in the same process, ALTERNATING one minipeft step with on
 so that noise from other processes on the machine hits both. `ratio` = minipeft / torch.
 With `--backend cupy`, PyTorch runs on the same GPU ("cuda"; both in plain float32, no TF32,
 which is the default of both libraries), each step timed between two synchronisations.
-Threads: PyTorch gets torch.set_num_threads(os.cpu_count()); minipeft runs on backend.get_threads()
-threads (one per usable core; MINIPEFT_THREADS=1 = one core): OpenBLAS multiplies on one thread,
-and backend.matmul / backend.rows cut the products and the fused elementwise work into blocks of
-rows for minipeft's own pool (see backend.py). Before each step the bench pauses 0.15 s (PAUSE_S;
-not on a GPU), and by default it makes glibc keep freed memory (see keep_freed_memory).
+Threads: PyTorch gets torch.set_num_threads(os.cpu_count()) and minipeft backend.get_threads()
+threads (one per usable core; MINIPEFT_THREADS=1 = one core), or both `--threads N`. In minipeft
+OpenBLAS multiplies on one thread, and backend.matmul / backend.rows cut the products and the
+fused elementwise work into blocks of rows for minipeft's own pool (see backend.py). Before each
+step the bench pauses 0.15 s (PAUSE_S; not on a GPU), and by default it makes glibc keep freed
+memory (see keep_freed_memory).
 PyTorch's OpenMP threads spin between kernels by default, which makes its many short kernels
 cheaper to start; `--torch-omp-wait passive` makes them sleep instead (OMP_WAIT_POLICY=PASSIVE),
 as minipeft's pool threads do between blocks (Python threads waiting on a lock).
@@ -377,7 +378,7 @@ def _run(config, method, backend_name, steps, with_torch, threads, tune_malloc, 
     use(backend_name)
     xp, sync = backend.xp, backend.synchronize
     steps = steps or DEFAULT_STEPS[config]
-    if pause is None:  # the pause is for OpenBLAS's spinning threads; a GPU has none
+    if pause is None:  # the pause is for threads that spin after a step (PyTorch's); a GPU has none
         pause = PAUSE_S if backend.name == "numpy" else 0.0
     malloc_tuned = keep_freed_memory() if tune_malloc else False
 
@@ -451,8 +452,8 @@ def _run(config, method, backend_name, steps, with_torch, threads, tune_malloc, 
         "threads": threads,
         "row_threads": backend.get_threads(),         # threads of backend.rows (elementwise work)
         "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
-        "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
-        "products_in_blocks": backend._SPLIT_PRODUCTS and backend.name == "numpy",
+        "openblas_num_threads": backend.OPENBLAS_NUM_THREADS,
+        "products_in_blocks": backend._SPLIT_PRODUCTS and backend.name == "numpy" and backend.get_threads() > 1,
         "malloc_tuned": malloc_tuned,
         "numpy_version": numpy.__version__,
         "python": platform.python_version(),
@@ -496,8 +497,8 @@ def main(argv=None) -> int:
                         "torch.set_num_threads (default: every core). 1 = one thread each")
     p.add_argument("--torch-omp-wait", choices=["default", "passive"], default="default",
                    help="passive: PyTorch's OpenMP threads sleep between kernels instead of spinning "
-                        "(OMP_WAIT_POLICY=PASSIVE; minipeft's OpenBLAS threads spin only ~25 us, see "
-                        "backend.py). default: leave PyTorch as it is")
+                        "(OMP_WAIT_POLICY=PASSIVE), as minipeft's pool threads sleep between blocks "
+                        "(see backend.rows). default: leave PyTorch as it is")
     p.add_argument("--malloc", choices=["keep", "default"], default="keep",
                    help="keep: glibc keeps freed memory for reuse (default, see keep_freed_memory); "
                         "default: leave malloc as it is")

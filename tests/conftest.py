@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 
-# minipeft first: it sets OpenBLAS's thread timeout before NumPy loads (minipeft/backend.py), so the
+# minipeft first: it sets OpenBLAS's thread settings before NumPy loads (minipeft/backend.py), so the
 # suite runs the fused ops on every core, as users who `import minipeft` first do
 import minipeft
 from minipeft import backend as _backend

@@ -174,9 +174,22 @@ def test_a_missing_pytorch_is_reported_not_silent(monkeypatch):
 
 def test_threads_sets_both_libraries_and_restores_minipefts_setting():
     saved = backend.get_threads()
-    out = bench.run("tiny", "full", steps=1, warmup=0, with_torch=False, batch=2, pause=0.0, threads=1)
-    assert (out["threads"], out["row_threads"]) == (1, 1)
-    assert backend.get_threads() == saved, "bench.run(threads=...) must give minipeft its thread count back"
+    backend.set_threads(3)
+    try:
+        out = bench.run("tiny", "full", steps=1, warmup=0, with_torch=False, batch=2, pause=0.0, threads=1)
+        assert (out["threads"], out["row_threads"]) == (1, 1)
+        assert backend.get_threads() == 3, "bench.run(threads=...) must give minipeft its thread count back"
+    finally:
+        backend.set_threads(saved)
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None:   # PyTorch's side gets the same count
+        before = torch.get_num_threads()
+        out = bench.run("tiny", "full", steps=1, warmup=0, batch=2, pause=0.0, threads=1)
+        torch.set_num_threads(before)
+        assert out["torch_threads"] == 1
     proc = subprocess.run([sys.executable, "-m", "minipeft.bench", "--threads", "0"], capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode != 0 and "--threads must be at least 1" in proc.stderr
