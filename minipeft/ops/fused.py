@@ -324,7 +324,7 @@ class Attention(Function):
         q, k, v, a, scale, P, pshape = ctx.saved
         need = tuple(ctx.needs_input_grad) + (False,) * (5 - len(ctx.needs_input_grad))
         need_q, need_k, need_v, need_kp, need_vp = need[:5]
-        xp, B = backend.xp, q.shape[0]
+        xp = backend.xp
         # the gradients someone needs, each (B, H, ., D); dL/dK' and dL/dV' include the prefix rows
         grads = {name: xp.empty(x.shape, g.dtype) for name, x, needed in
                  (("q", q, need_q), ("k", k, need_k or need_kp), ("v", v, need_v or need_vp)) if needed}
