@@ -237,8 +237,9 @@ def matmul(a, b, out=None, bias=None):
     that a frozen weight costs no weight-gradient matmul).
 
     On NumPy with several threads (`set_threads`), a large product is cut into blocks of rows of
-    `a`, or of the batch for stacks of matrices, that the threads of `rows` multiply at the same
-    time (OpenBLAS itself runs on one thread, see the top of this file). With the same number of
+    `a` (of columns of `b` when `a` has fewer rows than threads, as when decoding one token), or of
+    the batch for stacks of matrices, that the threads of `rows` multiply at the same time
+    (OpenBLAS itself runs on one thread, see the top of this file). With the same number of
     threads the blocks are the same, so results repeat exactly from run to run; against one thread
     they can differ in the last bits (OpenBLAS may use another kernel for a block of a few rows).
     a: (..., n, k), b: (k, m) or (..., k, m) with the same leading dims; bias: (m,) added to every row.
@@ -258,10 +259,10 @@ def matmul(a, b, out=None, bias=None):
         out = xp.empty(shape, xp.result_type(a, b))
     if a.ndim == 2 and b.ndim == 2 and a.shape[0] < _threads:
         # few rows (decoding one token: x is (1, d)): cut the columns of b and out instead
-        def product_columns(bt, outt, *bias):        # bt: (m_block, k), outt: (m_block, n), views
+        def product_columns(bt, outt, *bias_block):  # bt: (m_block, k), outt: (m_block, n), views
             xp.matmul(a, bt.T, out=outt.T)
-            if bias:
-                outt += bias[0][:, None]
+            if bias_block:
+                outt += bias_block[0][:, None]
         rows(product_columns, b.T, out.T, *(() if bias is None else (bias,)), min_size=0)
     elif b.ndim == 2:                                 # every block of rows times the same b
         rows(lambda a, out: product_rows(a, b, out), a, out, min_size=0)
