@@ -3,7 +3,7 @@
 # one of NEW's (each with PyTorch in the same process, so every line has its own ratio), alternating,
 # REPEATS times. Each line of OUT is one run's JSON with "tree": "base" or "new" added.
 # usage (from anywhere): bench/run_compare_trees.sh BASE_DIR NEW_DIR OUT.jsonl [python] [repeats]
-#   e.g. git worktree add /tmp/base <commit>; bench/run_compare_trees.sh /tmp/base . bench/x.jsonl .venv/bin/python 3
+#   e.g. git worktree add ../base <commit>; bench/run_compare_trees.sh ../base . bench/x.jsonl .venv/bin/python 3
 set -euo pipefail
 BASE=$(cd "$1" && pwd); NEW=$(cd "$2" && pwd); OUT=$3
 PY=${4:-python}
