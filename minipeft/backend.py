@@ -388,7 +388,7 @@ def rows(fn, *arrays, min_size: int | None = None) -> None:
     step = -(-n // min(k, n))                       # rows per block, ceil(n / k)
     err = numpy.geterr()                            # NumPy's error state is per thread: pass it on
 
-    def block(i):
+    def block(i):                                   # marked, so that a nested `rows` runs inline
         _inside.block = True
         try:
             with numpy.errstate(**err):
@@ -398,10 +398,8 @@ def rows(fn, *arrays, min_size: int | None = None) -> None:
 
     futures = [_pool.submit(block, i) for i in range(step, n, step)]
     try:
-        _inside.block = True
-        fn(*(a[:step] for a in arrays))             # this thread does the first block
+        block(0)                                    # this thread does the first block
     finally:
-        _inside.block = False
         errors = [f.exception() for f in futures]   # waits for every worker, even after an error here
     for e in errors:
         if e is not None:
