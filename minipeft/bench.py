@@ -363,14 +363,15 @@ def run(config: str = "tiny", method: str = "full", backend_name: str = "numpy",
     if threads is not None:
         backend.set_threads(threads)
     try:
-        return _run(config, method, backend_name, steps, with_torch, threads or os.cpu_count() or 1,
-                    tune_malloc, pause, warmup, seed, batch)
+        return _run(config=config, method=method, backend_name=backend_name, steps=steps,
+                    with_torch=with_torch, threads=threads or os.cpu_count() or 1, tune_malloc=tune_malloc,
+                    pause=pause, warmup=warmup, seed=seed, batch=batch)
     finally:
         if threads is not None:
             backend.set_threads(saved)
 
 
-def _run(config, method, backend_name, steps, with_torch, threads, tune_malloc, pause, warmup, seed, batch):
+def _run(*, config, method, backend_name, steps, with_torch, threads, tune_malloc, pause, warmup, seed, batch):
     cfg = make_config(config, batch)
     if method not in ("full", "lora"):
         raise ValueError(f"unknown method {method!r}; expected 'full' or 'lora'")
