@@ -356,6 +356,29 @@ def get_threads() -> int:
     return _threads
 
 
+def stop_threads() -> None:
+    """Let the pool's threads exit and wait until they have (the next `rows` starts new ones).
+    Call it before os.fork(): a forked child gets only the thread that forked, and a lock another
+    thread held at that moment stays locked there for ever (minipeft.parallel does this)."""
+    global _pool
+    if _pool is not None and _pool_pid == os.getpid():
+        _pool.shutdown(wait=True)
+    _pool = None
+
+
+class this_thread_only:
+    """`with backend.this_thread_only(): ...` runs every `rows` (and so every `matmul`) of this
+    thread inline, without the pool: for work that runs while the other cores are busy with
+    something else (minipeft.parallel runs one slice of the batch per process and core)."""
+
+    def __enter__(self):
+        self._before = getattr(_inside, "block", False)
+        _inside.block = True                        # the same mark a block of `rows` sets
+
+    def __exit__(self, *exc):
+        _inside.block = self._before
+
+
 def rows(fn, *arrays, min_size: int | None = None) -> None:
     """Call fn(*blocks) on blocks of rows (first axis) of `arrays`, in parallel threads; wait.
 

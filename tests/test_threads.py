@@ -413,3 +413,35 @@ def test_rows_on_cupy_is_one_call_on_the_whole_arrays(backend, monkeypatch):
     finally:
         backend.set_threads(saved)
     assert sorted(calls) == ([7] if backend.name == "cupy" else [1, 3, 3]), f"{backend.name}: blocks {calls}"
+
+
+def test_this_thread_only_runs_rows_inline_and_restores(threaded):
+    import threading
+    x = numpy.arange(48.0).reshape(12, 4)
+    y = numpy.empty_like(x)
+    calls = []
+
+    def double(xi, yi):
+        calls.append((threading.get_ident(), xi.shape[0]))
+        numpy.multiply(xi, 2.0, out=yi)
+
+    def run():
+        with backend.this_thread_only():
+            backend.rows(double, x, y)
+        inline = list(calls)
+        calls.clear()
+        backend.rows(double, x, y)              # after the block: the pool again
+        return inline, list(calls)
+
+    inline, pooled = threaded(3, run)
+    assert inline == [(threading.get_ident(), 12)], f"expected one call in this thread, got {inline}"
+    assert sorted(n for _, n in pooled) == [4, 4, 4], f"expected 3 blocks of 4 rows after the block, got {pooled}"
+    assert numpy.array_equal(y, 2 * x)
+
+
+def test_stop_threads_leaves_no_pool_thread_running(threaded):
+    import threading
+    x = numpy.ones((12, 4))
+    threaded(3, lambda: (backend.rows(lambda a: None, x), backend.stop_threads()))
+    alive = [t.name for t in threading.enumerate() if t.name.startswith("minipeft")]
+    assert alive == [], f"pool threads still alive after stop_threads: {alive}"
