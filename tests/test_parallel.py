@@ -1,0 +1,299 @@
+"""Data parallelism over processes (minipeft.parallel): the summed gradient equals the whole batch's,
+training with it follows training without it, and every misuse gives a clear error."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from minipeft import backend, peft
+from minipeft.nn import Transformer, TransformerConfig
+from minipeft.optim import AdamW
+from minipeft.parallel import DataParallel, counted
+from minipeft.train import fit
+
+pytestmark = [pytest.mark.task_training,
+              pytest.mark.skipif(not hasattr(os, "fork"), reason="DataParallel needs os.fork")]
+
+V = 23
+
+
+def decoder(seed=0, **kw):
+    backend.manual_seed(seed)
+    with backend.default_dtype_as(np.float64):
+        return Transformer(TransformerConfig(vocab_size=V, n_ctx=12, d_model=16, n_layer=2, n_head=2, **kw))
+
+
+def lm_batch(rows=5, seed=1):
+    """Ragged targets: each row ignores (-100) a different number of trailing positions, so slices
+    count different numbers of tokens and a plain mean of the slices' losses would be wrong."""
+    g = np.random.default_rng(seed)
+    ids = g.integers(0, V, size=(rows, 10))
+    targets = g.integers(0, V, size=(rows, 10))
+    for i in range(rows):
+        targets[i, 10 - 2 * i:] = -100
+    return {"ids": ids, "targets": targets}
+
+
+def lm_loss(model, batch):
+    return model(batch["ids"], batch["targets"])[1]
+
+
+def grads(model):
+    return {n: (None if p.grad is None else p.grad.copy()) for n, p in model.named_parameters()}
+
+
+def assert_same_grads(want, got, rtol=1e-10):
+    """Every gradient to rtol of the largest gradient entry of the model (some are zero up to
+    rounding: a key bias does not change a softmax)."""
+    assert want.keys() == got.keys()
+    scale = max(np.abs(g).max() for g in want.values() if g is not None)
+    for name in want:
+        a, b = want[name], got[name]
+        assert (a is None) == (b is None), f"{name}: gradient {'missing' if b is None else 'unexpected'}"
+        if a is not None:
+            err = np.abs(a - b).max() / scale
+            i = np.unravel_index(np.abs(a - b).argmax(), a.shape)
+            assert err < rtol, f"{name}[{i}]: expected {a[i]!r}, got {b[i]!r}, relative error {err:.2e}"
+
+
+def single_process(model, loss_fn, batch):
+    loss = loss_fn(model, batch)
+    loss.backward()
+    g = grads(model)
+    for p in model.parameters():
+        p.grad = None
+    return float(loss.item()), g
+
+
+@pytest.mark.parametrize("processes", [2, 3])
+def test_summed_gradient_equals_the_whole_batch_gradient(processes):
+    model, batch = decoder(), lm_batch()
+    want_loss, want = single_process(model, lm_loss, batch)
+    with DataParallel(model, lm_loss, processes) as dp:
+        loss = dp.backward(batch)
+        assert_same_grads(want, grads(model))
+    assert loss == pytest.approx(want_loss, rel=1e-12)
+
+
+def test_encoder_classification_with_padding_masks():
+    backend.manual_seed(0)
+    with backend.default_dtype_as(np.float64):
+        model = Transformer(TransformerConfig(arch="bert", vocab_size=V, n_ctx=12, d_model=16, n_layer=1,
+                                              n_head=2, n_labels=3))
+    g = np.random.default_rng(2)
+    mask = (np.arange(9)[None, :] < g.integers(3, 10, size=(6, 1))).astype(np.int64)
+    batch = {"ids": g.integers(1, V, size=(6, 9)) * mask, "attention_mask": mask,
+             "labels": np.array([0, 2, -100, 1, 1, 0])}
+
+    def loss_fn(m, b):
+        from minipeft import ops
+        return ops.cross_entropy(m.classify(b["ids"], b["attention_mask"]), b["labels"])
+
+    want_loss, want = single_process(model, loss_fn, batch)
+    with DataParallel(model, loss_fn, 2) as dp:
+        assert dp.backward(batch) == pytest.approx(want_loss, rel=1e-12)
+        assert_same_grads(want, grads(model))
+
+
+def test_lora_only_the_adapter_gets_gradients():
+    pm = peft.get_peft_model(decoder(), peft.LoraConfig(r=2, target_modules=("q", "v")))
+    with backend.default_dtype_as(np.float64):
+        for p in pm.trainable_parameters():   # B starts at 0: give it values, so A gets a gradient too
+            p.data[...] = np.random.default_rng(3).normal(0, 0.1, p.data.shape)
+    batch = lm_batch()
+    want_loss, want = single_process(pm, lm_loss, batch)
+    assert any(g is None for g in want.values()) and any(g is not None for g in want.values())
+    with DataParallel(pm, lm_loss, 2) as dp:
+        dp.backward(batch)
+        assert_same_grads(want, grads(pm))
+
+
+def test_gradients_accumulate_onto_what_is_there():
+    model, batch = decoder(), lm_batch()
+    _, once = single_process(model, lm_loss, batch)
+    with DataParallel(model, lm_loss, 2) as dp:
+        dp.backward(batch)
+        dp.backward(batch)
+        assert_same_grads({n: None if g is None else 2 * g for n, g in once.items()}, grads(model))
+
+
+def test_optimizer_updates_reach_the_workers():
+    """Three AdamW steps data-parallel = three steps in one process (float64): the workers
+    compute with the parameters the parent's optimizer changed in place."""
+    batches = [lm_batch(seed=s) for s in range(3)]
+    runs = []
+    for processes in (1, 2):
+        model = decoder()
+        opt = AdamW(model.trainable_parameters(), lr=1e-2)
+        dp = DataParallel(model, lm_loss, processes) if processes > 1 else None
+        for b in batches:
+            if dp is None:
+                lm_loss(model, b).backward()
+            else:
+                dp.backward(b)
+            opt.step()
+            opt.zero_grad()
+        if dp is not None:
+            dp.close()
+        runs.append({n: p.data.copy() for n, p in model.named_parameters()})
+    for name in runs[0]:
+        np.testing.assert_allclose(runs[1][name], runs[0][name], rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+def test_fit_with_two_processes_follows_fit_with_one():
+    histories, finals = [], []
+    for processes in (1, 2):
+        model = decoder()
+        h = fit(model, lm_loss, [lm_batch(seed=s) for s in range(3)], steps=6, lr=1e-2, log_every=1,
+                progress=False, processes=processes)
+        histories.append([r["loss"] for r in h.records if "loss" in r])
+        finals.append(model.wte.weight.data.copy())
+    np.testing.assert_allclose(histories[1], histories[0], rtol=1e-9)
+    np.testing.assert_allclose(finals[1], finals[0], rtol=1e-9, atol=1e-12)
+    assert histories[0][-1] < histories[0][0]
+
+
+def test_a_replaced_parameter_is_copied_into_shared_memory():
+    model, batch = decoder(), lm_batch()
+    new_state = {k: v * 1.5 for k, v in decoder(seed=7).state_dict().items()}
+    with DataParallel(model, lm_loss, 2) as dp:
+        model.load_state_dict(new_state)              # rebinds every p.data in the parent
+        dp.backward(batch)
+        got = grads(model)
+    fresh = decoder()
+    fresh.load_state_dict(new_state)
+    _, want = single_process(fresh, lm_loss, batch)
+    assert_same_grads(want, got)
+
+
+def test_a_worker_error_names_the_worker_and_keeps_the_pool_usable():
+    model, batch = decoder(), lm_batch(rows=4)
+
+    def loss_fn(m, b):
+        if b["ids"][0, 0] == -1:
+            raise ValueError("a row the loss cannot take")
+        return lm_loss(m, b)
+
+    bad = {"ids": batch["ids"].copy(), "targets": batch["targets"]}
+    bad["ids"][2, 0] = -1                             # in the worker's slice (rows 2:4)
+    with DataParallel(model, loss_fn, 2) as dp:
+        with pytest.raises(RuntimeError, match=r"worker process 1 .*rows 2:4(.|\n)*a row the loss cannot take"):
+            dp.backward(bad)
+        assert all(p.grad is None for p in model.parameters()), "a failed step left a partial gradient"
+        want_loss, want = single_process(decoder(), lm_loss, batch)
+        assert dp.backward(batch) == pytest.approx(want_loss, rel=1e-12)
+        assert_same_grads(want, grads(model))
+
+
+def test_an_error_in_this_process_is_raised_as_it_is():
+    model, batch = decoder(), lm_batch(rows=4)
+
+    def loss_fn(m, b):
+        if b["ids"].shape[0] and b["ids"][0, 0] == -1:
+            raise KeyError("mine")
+        return lm_loss(m, b)
+
+    bad = {"ids": batch["ids"].copy(), "targets": batch["targets"]}
+    bad["ids"][0, 0] = -1
+    with DataParallel(model, loss_fn, 2) as dp:
+        with pytest.raises(KeyError, match="mine"):
+            dp.backward(bad)
+        dp.backward(batch)                            # the pipes are still in step
+        assert model.wte.weight.grad is not None
+
+
+@pytest.mark.parametrize("batch, error, match", [
+    ({"ids": np.zeros((4, 3), np.int64), "targets": np.zeros((3, 3), np.int64)}, ValueError,
+     r"same number of rows; got shapes \[\(4, 3\), \(3, 3\)\]"),
+    ({"ids": np.zeros((4, 3), np.int64), "n": {1, 2}}, TypeError, "cannot send a set"),
+    ({"ids": np.zeros((4, 3), np.int64), "scale": np.array(2.0)}, TypeError, "0-d array"),
+    ({1: np.zeros((4, 3), np.int64)}, TypeError, "string keys"),
+    ({"note": "no arrays"}, ValueError, "no array to cut"),
+    ({"ids": np.zeros((4, 3), np.int64), "targets": np.full((4, 3), -100)}, ValueError, "counts 0 items"),
+])
+def test_bad_batches_are_clear_errors(batch, error, match):
+    with DataParallel(decoder(), lm_loss, 2) as dp:
+        with pytest.raises(error, match=match):
+            dp.backward(batch)
+
+
+def test_changing_what_trains_after_the_start_is_an_error():
+    model = decoder()
+    with DataParallel(model, lm_loss, 2) as dp:
+        model.wte.weight.requires_grad = False
+        with pytest.raises(RuntimeError, match="which parameters require grad changed"):
+            dp.backward(lm_batch())
+
+
+def test_a_parameter_of_another_shape_is_an_error():
+    model = decoder()
+    with DataParallel(model, lm_loss, 2) as dp:
+        model.wpe.weight.data = np.zeros((3, 16))
+        with pytest.raises(RuntimeError, match=r"parameter wpe.weight changed from float64\[12, 16\]"):
+            dp.backward(lm_batch())
+
+
+def test_workers_draw_dropout_from_the_parents_seed():
+    """The whole gradient comes from the worker's slice (weight 0 for this process's), so it
+    shows the worker's dropout masks: the same seed gives the same masks, another seed others."""
+    model, batch = decoder(dropout=0.5), lm_batch(rows=2)
+    only_second = lambda b: int(b["ids"].shape[0] and b["ids"][0, 0] == batch["ids"][1, 0]) * 10  # noqa: E731
+    assert batch["ids"][0, 0] != batch["ids"][1, 0]
+    runs = []
+    with DataParallel(model, lm_loss, 2, weight=only_second) as dp:
+        for seed in (1, 1, 2):
+            backend.manual_seed(seed)
+            dp.backward(batch)
+            runs.append(model.wte.weight.grad.copy())
+            model.zero_grad()
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert np.abs(runs[0] - runs[2]).max() > 1e-6, "another seed in the parent did not change the worker's dropout"
+
+
+def test_a_killed_worker_is_a_clear_error():
+    dp = DataParallel(decoder(), lm_loss, 2)
+    os.kill(dp._pids[0], 9)
+    os.waitpid(dp._pids[0], 0)
+    with pytest.raises(RuntimeError, match="worker process 1 .* stopped unexpectedly"):
+        dp.backward(lm_batch())
+    with pytest.raises(RuntimeError, match="closed"):  # the others were stopped with it
+        dp.backward(lm_batch())
+
+
+def test_close_stops_the_workers():
+    dp = DataParallel(decoder(), lm_loss, 3)
+    pids = list(dp._pids)
+    dp.close()
+    for pid in pids:
+        with pytest.raises(ChildProcessError):        # reaped: no such child any more
+            os.waitpid(pid, os.WNOHANG)
+    with pytest.raises(RuntimeError, match="closed"):
+        dp.backward(lm_batch())
+
+
+def test_one_process_needs_no_worker():
+    model, batch = decoder(), lm_batch()
+    want_loss, want = single_process(model, lm_loss, batch)
+    with DataParallel(model, lm_loss, 1) as dp:
+        assert dp.backward(batch) == pytest.approx(want_loss, rel=1e-12)
+    assert_same_grads(want, grads(model))
+
+
+def test_counted_is_what_a_mean_cross_entropy_divides_by():
+    assert counted({"ids": np.zeros((2, 3)), "targets": np.array([[1, -100, 2], [-100, -100, 0]])}) == 3
+    assert counted({"ids": np.zeros((3, 3)), "labels": np.array([1, -100, 0])}) == 2
+    assert counted({"ids": np.zeros((4, 3))}) == 4
+
+
+def test_wrong_settings_are_clear_errors(monkeypatch):
+    with pytest.raises(ValueError, match="at least 1"):
+        DataParallel(decoder(), lm_loss, 0)
+    frozen = decoder()
+    frozen.freeze()
+    with pytest.raises(ValueError, match="no parameter of the model requires grad"):
+        DataParallel(frozen, lm_loss, 2)
+    monkeypatch.setattr(backend, "name", "cupy")
+    with pytest.raises(RuntimeError, match="NumPy backend"):
+        DataParallel(decoder(), lm_loss, 2)
