@@ -197,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--patience", type=int, default=None)
     f.add_argument("--out", default=None, help="where the best adapter and the log go")
     f.add_argument("--quiet", action="store_true")
+    f.add_argument("--processes", type=int, default=1,
+                   help="n > 1: train data-parallel, n processes of one thread each (NumPy, Linux/macOS)")
     common(f)
     f.set_defaults(fn=_cmd_finetune)
     return p

@@ -7,7 +7,8 @@
 4. print the trainable-parameter report, the dev BLEU after, the same examples' new outputs,
 5. save the adapter (adapter_config.json + adapter_model.safetensors) to runs/demo-lora.
 
-About 2-3 minutes on a 2-core CPU. Options: python -m minipeft.demo --steps N --eval-size N.
+About 2-3 minutes on a 2-core CPU. Options: python -m minipeft.demo --steps N --eval-size N
+--processes N.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ def main(argv=None) -> None:
     ap.add_argument("--eval-size", type=int, default=60)
     ap.add_argument("--out", default=os.path.join("runs", "demo-lora"))
     ap.add_argument("--backend", default="numpy")
+    ap.add_argument("--processes", type=int, default=1,
+                    help="n > 1: train data-parallel over n processes (minipeft.parallel)")
     a = ap.parse_args(argv)
 
     from . import use
@@ -32,7 +35,7 @@ def main(argv=None) -> None:
     print("minipeft demo: LoRA on table-to-text (E2E format) with the shipped gpt2-m decoder\n")
     res = finetune("e2e", LoraConfig(r=8, lora_alpha=16, target_modules=("q", "v")), "gpt2-m",
                    steps=a.steps, batch_size=16, eval_size=a.eval_size, eval_every=max(a.steps // 2, 1),
-                   out_dir=a.out, show=3)
+                   out_dir=a.out, show=3, processes=a.processes)
     print("\nThe same dev inputs, before and after fine-tuning:")
     for src, before, after in res.examples:
         print(f"\n  input:  {src}\n  before: {before[:160]}\n  after:  {after[:160]}")

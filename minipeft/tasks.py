@@ -267,8 +267,10 @@ class FinetuneResult:
 def finetune(task: str, peft_config, model_name: str | None = None, steps: int = 300, batch_size: int = 16,
              lr: float | None = None, train_size: int | None = None, eval_size: int = 100,
              eval_every: int = 100, patience: int | None = None, out_dir: str | None = None,
-             seed: int = 0, progress: bool = True, show: int = 0, verbose: bool = True) -> FinetuneResult:
-    """Fine-tune a shipped model on `task` with `peft_config`; keep and save the best adapter."""
+             seed: int = 0, progress: bool = True, show: int = 0, verbose: bool = True,
+             processes: int = 1) -> FinetuneResult:
+    """Fine-tune a shipped model on `task` with `peft_config`; keep and save the best adapter.
+    processes > 1: train data-parallel (see train.fit and minipeft.parallel)."""
     from .data.tokenizer import load_default
     from .peft import apply
     from .peft.api import method_of
@@ -328,7 +330,8 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
     hist = fit(pm, loss_fn, batches, steps=steps, lr=lr, params=params, warmup=min(30, steps // 10), schedule="linear",
                eval_fn=lambda m: {k: v for k, v in evaluate(m).items() if k != "outputs"},
                eval_every=eval_every, select=select, mode="max", patience=patience, on_best=keep_best,
-               log_path=os.path.join(out_dir, "log.jsonl"), progress=progress, desc=f"{task} {peft_config.method}")
+               log_path=os.path.join(out_dir, "log.jsonl"), progress=progress, desc=f"{task} {peft_config.method}",
+               processes=processes)
     # counted while training: the best adapter reloaded below comes back frozen (is_trainable=False)
     s = pm.trainable_summary() if pm.peft_config else {"trainable": 0, "total": pm.num_parameters()}
     # reload the best adapter (the last step is not necessarily the best)
@@ -380,6 +383,7 @@ def finetune_cli(a) -> None:
     cfg = config_from_args(a)
     res = finetune(a.task, cfg, a.model, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                    train_size=a.train_size, eval_size=a.eval_size, eval_every=a.eval_every,
-                   patience=a.patience, out_dir=a.out, seed=a.seed, progress=not a.quiet, show=3)
+                   patience=a.patience, out_dir=a.out, seed=a.seed, progress=not a.quiet, show=3,
+                   processes=a.processes)
     for src, b, c in res.examples:
         print(f"\n{src}\n  before: {b}\n  after:  {c}")

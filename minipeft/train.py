@@ -15,6 +15,11 @@
   far calls `on_best(step, metrics)` (e.g. to keep the best adapter) and `patience` evaluations
   without improvement stop training early.
 - Each log line is one JSON object in `log_path` (JSON lines), flushed as it is written.
+- `processes=n` (n > 1, NumPy backend, Linux/macOS) trains data-parallel: n processes of one thread
+  each run the forward and backward of one slice of every batch, and their gradients are added
+  (minipeft.parallel; on 2 cores a step is 10-25 % faster than minipeft's threads op by op). The
+  loss must be a mean over the tokens whose "targets" (or "labels") are not -100, or over rows:
+  the slices are weighted by those counts. Evaluation runs in this process.
 """
 from __future__ import annotations
 
@@ -63,12 +68,13 @@ def fit(model, loss_fn: Callable, batches: Iterable, *, steps: int, lr: float = 
         params=None, optimizer=None, eval_fn: Callable | None = None, eval_every: int = 0,
         select: str | None = None, mode: str = "max", patience: int | None = None,
         on_best: Callable | None = None, log_path: str | None = None, log_every: int = 10,
-        progress: bool = True, desc: str = "train") -> History:
+        progress: bool = True, desc: str = "train", processes: int = 1) -> History:
     """Train `model` for `steps` optimizer steps. Returns a History (see module docstring).
 
     params: the tensors (or AdamW parameter groups) to optimise; default: every parameter that
     requires grad. optimizer: a ready optimizer instead (then lr/weight_decay are not used).
     schedule: "cosine", "linear" (both after a linear warmup) or "constant".
+    processes: 1 = this process and its pool of threads; n > 1 = data-parallel over n processes.
     """
     if steps <= 0:
         raise ValueError(f"fit(steps={steps}): the number of steps must be positive")
@@ -91,6 +97,14 @@ def fit(model, loss_fn: Callable, batches: Iterable, *, steps: int, lr: float = 
         raise ValueError(f"fit(schedule={schedule!r}): expected 'cosine', 'linear' or 'constant'")
     trained = [p for g in optimizer.param_groups for p in g["params"]]
 
+    if int(processes) < 1:
+        raise ValueError(f"fit(processes={processes}): need at least 1 (1 = no worker processes)")
+    model.train()
+    dp = None
+    if processes > 1:  # before the progress bar starts its thread: fork from a process of one thread
+        from .parallel import DataParallel
+        dp = DataParallel(model, loss_fn, int(processes))
+
     log_file = None
     if log_path:
         os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
@@ -111,7 +125,6 @@ def fit(model, loss_fn: Callable, batches: Iterable, *, steps: int, lr: float = 
     start = last_t = time.perf_counter()
     tokens_since = 0
     it = iter(batches)
-    model.train()
     try:
         for step in range(1, steps + 1):
             try:
@@ -119,8 +132,11 @@ def fit(model, loss_fn: Callable, batches: Iterable, *, steps: int, lr: float = 
             except StopIteration:
                 it = iter(batches)
                 batch = next(it)
-            loss = loss_fn(model, batch)
-            loss.backward()
+            if dp is None:
+                loss = loss_fn(model, batch)
+                loss.backward()
+            else:
+                loss = dp.backward(batch)          # a float: the slices' losses, weighted
             grad_norm = clip_grad_norm_(trained, clip) if clip else None
             optimizer.step()
             optimizer.zero_grad()
@@ -130,7 +146,7 @@ def fit(model, loss_fn: Callable, batches: Iterable, *, steps: int, lr: float = 
 
             if step % log_every == 0 or step == steps:
                 now = time.perf_counter()
-                rec = {"step": step, "loss": float(loss.item()), "lr": optimizer.param_groups[0]["lr"],
+                rec = {"step": step, "loss": float(loss.item()) if dp is None else loss, "lr": optimizer.param_groups[0]["lr"],
                        "tokens_per_s": tokens_since / max(now - last_t, 1e-9),
                        "elapsed_s": now - start}
                 if grad_norm is not None:
@@ -162,6 +178,8 @@ def fit(model, loss_fn: Callable, batches: Iterable, *, steps: int, lr: float = 
                             log({"step": step, "early_stop": True, "best_step": best["step"]})
                             break
     finally:
+        if dp is not None:
+            dp.close()
         if bar:
             bar.close()
         if log_file:
