@@ -240,12 +240,21 @@ def optimizer_state_bytes(opt) -> int:
     return walk(getattr(opt, "state", {}))
 
 
-def minipeft_step(model, opt, ids, targets):
-    logits, loss = model(ids, targets)
-    loss.backward()
+def minipeft_step(model, opt, ids, targets, dp=None):
+    """One training step; with `dp` (a parallel.DataParallel) each process runs a slice of the batch."""
+    if dp is None:
+        logits, loss = model(ids, targets)
+        loss.backward()
+    else:
+        loss = dp.backward({"ids": ids, "targets": targets})
     opt.step()
     opt.zero_grad()
     return loss
+
+
+def lm_loss(model, batch):
+    """The bench's loss, for DataParallel: the model's mean cross-entropy of one slice."""
+    return model(batch["ids"], batch["targets"])[1]
 
 
 # ----------------------------------------------------------------------------- PyTorch side
@@ -355,29 +364,37 @@ def torch_device_for(backend_name: str) -> str | None:
 
 def run(config: str = "tiny", method: str = "full", backend_name: str = "numpy", steps: int | None = None,
         with_torch: bool = True, threads: int | None = None, tune_malloc: bool = True,
-        pause: float | None = None, warmup: int = WARMUP, seed: int = 0, batch: int | None = None) -> dict:
+        pause: float | None = None, warmup: int = WARMUP, seed: int = 0, batch: int | None = None,
+        processes: int = 1) -> dict:
     """Build, warm up and time both libraries; returns the dict that `--json` prints.
     threads: None = PyTorch gets os.cpu_count() threads and minipeft keeps its own setting;
-    n = both get n (minipeft's is restored afterwards)."""
+    n = both get n (minipeft's is restored afterwards).
+    processes: n > 1 = minipeft trains data-parallel (minipeft.parallel): n processes of one thread
+    each, one slice of the batch per process; PyTorch gets n threads unless `threads` says otherwise."""
+    if int(processes) < 1:
+        raise ValueError(f"processes={processes}: need at least 1")
+    if processes > 1 and threads is None:
+        threads = processes
+
     saved = backend.get_threads()
     if threads is not None:
         backend.set_threads(threads)
     try:
         return _run(config=config, method=method, backend_name=backend_name, steps=steps,
                     with_torch=with_torch, threads=threads or os.cpu_count() or 1, tune_malloc=tune_malloc,
-                    pause=pause, warmup=warmup, seed=seed, batch=batch)
+                    pause=pause, warmup=warmup, seed=seed, batch=batch, processes=int(processes))
     finally:
         if threads is not None:
             backend.set_threads(saved)
 
 
-def _run(*, config, method, backend_name, steps, with_torch, threads, tune_malloc, pause, warmup, seed, batch):
+def _run(*, config, method, backend_name, steps, with_torch, threads, tune_malloc, pause, warmup, seed, batch,
+         processes):
     cfg = make_config(config, batch)
     if method not in ("full", "lora"):
         raise ValueError(f"unknown method {method!r}; expected 'full' or 'lora'")
     from . import manual_seed, use
     use(backend_name)
-    xp, sync = backend.xp, backend.synchronize
     steps = steps or DEFAULT_STEPS[config]
     if pause is None:  # the pause is for threads that spin after a step (PyTorch's); a GPU has none
         pause = PAUSE_S if backend.name == "numpy" else 0.0
@@ -387,11 +404,26 @@ def _run(*, config, method, backend_name, steps, with_torch, threads, tune_mallo
     model, opt = build_minipeft(cfg, method)
     host_ids = token_batch(cfg, seed)
     ids, targets = backend.to_device(host_ids[:, :-1]), backend.to_device(host_ids[:, 1:])
+    dp = None
+    if processes > 1:  # fork the workers now, before PyTorch starts threads of its own
+        from .parallel import DataParallel
+        dp = DataParallel(model, lm_loss, processes)
+    try:
+        return _timed(cfg, config, method, steps, with_torch, threads, pause, warmup, malloc_tuned,
+                      model, opt, host_ids, ids, targets, dp)
+    finally:
+        if dp is not None:
+            dp.close()
+
+
+def _timed(cfg, config, method, steps, with_torch, threads, pause, warmup, malloc_tuned,
+           model, opt, host_ids, ids, targets, dp):
+    xp, sync = backend.xp, backend.synchronize
 
     def timed_minipeft():
         sync()
         t0 = time.perf_counter()
-        minipeft_step(model, opt, ids, targets)
+        minipeft_step(model, opt, ids, targets, dp)
         sync()                                   # the GPU runs asynchronously: wait before reading the clock
         return time.perf_counter() - t0
 
@@ -451,10 +483,12 @@ def _run(*, config, method, backend_name, steps, with_torch, threads, tune_mallo
         "optimizer_state_bytes": optimizer_state_bytes(opt),
         "optimizer": type(opt).__module__ + "." + type(opt).__name__,
         "threads": threads,
-        "row_threads": backend.get_threads(),         # threads of backend.rows (elementwise work)
+        "processes": 1 if dp is None else dp.processes,   # > 1: data-parallel (minipeft.parallel)
+        "row_threads": 1 if dp is not None else backend.get_threads(),   # per process, backend.rows
         "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
         "openblas_num_threads": backend.OPENBLAS_NUM_THREADS,
-        "products_in_blocks": backend._SPLIT_PRODUCTS and backend.name == "numpy" and backend.get_threads() > 1,
+        "products_in_blocks": (backend._SPLIT_PRODUCTS and backend.name == "numpy" and backend.get_threads() > 1
+                               and dp is None),
         "malloc_tuned": malloc_tuned,
         "numpy_version": numpy.__version__,
         "python": platform.python_version(),
@@ -496,6 +530,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None,
                    help="threads for both libraries: minipeft's pool (backend.set_threads) and "
                         "torch.set_num_threads (default: every core). 1 = one thread each")
+    p.add_argument("--processes", type=int, default=1,
+                   help="n > 1: minipeft trains data-parallel, n processes of one thread each, one slice "
+                        "of the batch per process (minipeft.parallel); PyTorch gets n threads "
+                        "unless --threads says otherwise. Default 1: one process, minipeft's pool of threads")
     p.add_argument("--torch-omp-wait", choices=["default", "passive"], default="default",
                    help="passive: PyTorch's OpenMP threads sleep between kernels instead of spinning "
                         "(OMP_WAIT_POLICY=PASSIVE), as minipeft's pool threads sleep between blocks "
@@ -510,6 +548,8 @@ def main(argv=None) -> int:
         p.error("--batch must be at least 1")
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be at least 1")
+    if args.processes < 1:
+        p.error("--processes must be at least 1")
     if args.torch_omp_wait == "passive":
         if "torch" in sys.modules:  # OpenMP reads the variable when PyTorch's runtime starts
             p.error("--torch-omp-wait passive: PyTorch was imported before the bench started")
@@ -520,12 +560,14 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     res = run(args.config, args.method, args.backend, args.steps, with_torch=not args.no_torch,
-              tune_malloc=args.malloc == "keep", warmup=args.warmup, batch=args.batch, threads=args.threads)
+              tune_malloc=args.malloc == "keep", warmup=args.warmup, batch=args.batch, threads=args.threads,
+              processes=args.processes)
     if args.json:
         print(json.dumps(res))
         return 0
     print(f"minipeft bench: config={res['config']} method={res['method']} backend={res['backend']} "
-          f"steps={res['steps']} (batch {res['batch']} x {res['seq']} tokens)")
+          f"steps={res['steps']} (batch {res['batch']} x {res['seq']} tokens)"
+          + (f", data-parallel over {res['processes']} processes" if res["processes"] > 1 else ""))
     print(f"  params {res['params']:,}  trainable {res['trainable']:,}  "
           f"optimizer state {res['optimizer_state_bytes'] / 2**20:.1f} MiB  peak RSS {res['peak_rss_mb']:.0f} MB")
     print(f"  minipeft  {res['ms_per_step']:8.1f} ms/step  {res['tokens_per_s']:9.0f} tokens/s  "

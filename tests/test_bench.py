@@ -193,3 +193,30 @@ def test_threads_sets_both_libraries_and_restores_minipefts_setting():
     proc = subprocess.run([sys.executable, "-m", "minipeft.bench", "--threads", "0"], capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode != 0 and "--threads must be at least 1" in proc.stderr
+
+
+def test_processes_runs_the_data_parallel_step():
+    out = bench.run("tiny", "full", steps=2, warmup=1, with_torch=False, batch=4, pause=0.0, processes=2)
+    assert (out["processes"], out["threads"], out["row_threads"]) == (2, 2, 1)
+    assert out["ms_per_step"] > 0 and out["products_in_blocks"] is False
+    with pytest.raises(ValueError, match="processes=0: need at least 1"):
+        bench.run("tiny", "full", steps=1, warmup=0, with_torch=False, batch=2, processes=0)
+
+
+def test_the_data_parallel_step_trains_like_the_ordinary_one():
+    """One bench step data-parallel and one ordinary, from the same start: the same parameters
+    afterwards, to float32 rounding (the slices' gradients are added in another order)."""
+    from minipeft.parallel import DataParallel
+    cfg = dict(bench.CONFIGS["tiny"], batch=4, n_layer=1)
+    ids = bench.token_batch(cfg)
+    after = []
+    for processes in (1, 2):
+        backend.manual_seed(0)
+        model, opt = bench.build_minipeft(cfg, "full")
+        dp = DataParallel(model, bench.lm_loss, processes) if processes > 1 else None
+        bench.minipeft_step(model, opt, ids[:, :-1], ids[:, 1:], dp)
+        if dp is not None:
+            dp.close()
+        after.append({n: p.data.copy() for n, p in model.named_parameters()})
+    for name in after[0]:
+        numpy.testing.assert_allclose(after[1][name], after[0][name], rtol=1e-4, atol=1e-6, err_msg=name)
