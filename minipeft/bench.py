@@ -15,7 +15,9 @@ so that noise from other processes on the machine hits both. `ratio` = minipeft 
 With `--backend cupy`, PyTorch runs on the same GPU ("cuda"; both in plain float32, no TF32,
 which is the default of both libraries), each step timed between two synchronisations.
 Threads: PyTorch gets torch.set_num_threads(os.cpu_count()) and minipeft backend.get_threads()
-threads (one per usable core; MINIPEFT_THREADS=1 = one core), or both `--threads N`. In minipeft
+threads (one per usable core; MINIPEFT_THREADS=1 = one core), or both `--threads N`. With
+`--processes N` minipeft instead trains data-parallel (minipeft.parallel): N processes of one
+thread each, one slice of the batch per process, and PyTorch gets N threads. In minipeft
 OpenBLAS multiplies on one thread, and backend.matmul / backend.rows cut the products and the
 fused elementwise work into blocks of rows for minipeft's own pool (see backend.py). Before each
 step the bench pauses 0.15 s (PAUSE_S; not on a GPU), and by default it makes glibc keep freed
@@ -30,6 +32,11 @@ Reported quantities (JSON keys):
     tokens_per_s           batch * seq / step time
     params, trainable      parameter counts (tied embeddings counted once)
     peak_rss_mb            peak resident memory of the process, read BEFORE PyTorch is imported
+    processes              1, or n > 1 with --processes n: minipeft's data-parallel step
+                           (minipeft.parallel), n processes of one thread, one slice of the batch each
+    worker_peak_rss_mb     with --processes n: peak resident memory of the largest worker process
+                           (peak_rss_mb is then the parent's; the parameters, in shared memory, count
+                           in both)
     gflops                 matmul FLOPs of one step (see `step_flops`) / step time, in GFLOP/s
     peak_gflops            this machine's float32 matmul rate, measured in this run: the best of
                            a loop of n x n @ n x n products (2 n^3 FLOPs each; n = 1024 on the
@@ -409,11 +416,14 @@ def _run(*, config, method, backend_name, steps, with_torch, threads, tune_mallo
         from .parallel import DataParallel
         dp = DataParallel(model, lm_loss, processes)
     try:
-        return _timed(cfg, config, method, steps, with_torch, threads, pause, warmup, malloc_tuned,
-                      model, opt, host_ids, ids, targets, dp)
+        out = _timed(cfg, config, method, steps, with_torch, threads, pause, warmup, malloc_tuned,
+                     model, opt, host_ids, ids, targets, dp)
     finally:
         if dp is not None:
             dp.close()
+    if dp is not None:  # the largest worker, once stopped (the shared parameters count in both)
+        out["worker_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
+    return out
 
 
 def _timed(cfg, config, method, steps, with_torch, threads, pause, warmup, malloc_tuned,

@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", default=None, help="where the best adapter and the log go")
     f.add_argument("--quiet", action="store_true")
     f.add_argument("--processes", type=int, default=1,
-                   help="n > 1: train data-parallel, n processes of one thread each (NumPy, Linux/macOS)")
+                   help="n > 1: train data-parallel, n processes of one thread each (NumPy, Linux)")
     common(f)
     f.set_defaults(fn=_cmd_finetune)
     return p

@@ -32,7 +32,8 @@ computes slice 1 itself on one thread, then adds each worker's gradient, which t
 written into its own block of shared memory.
 
 What is checked, with a clear error:
-- the NumPy backend (a GPU is one device already) on an OS with fork (Linux, macOS);
+- the NumPy backend (a GPU is one device already), on Linux (fork is not safe with macOS's
+  system BLAS, and Windows has none);
 - every array of the batch is cut along its first axis, so they must all have the same number of
   rows; the batch is a dict (string keys), tuple or list of arrays and plain values (numbers,
   strings, None), and plain values go to every slice as they are;
@@ -51,6 +52,7 @@ import json
 import mmap
 import os
 import signal
+import sys
 import traceback
 from multiprocessing import Pipe
 
@@ -205,8 +207,10 @@ class DataParallel:
         if backend.name != "numpy":
             raise RuntimeError(f"DataParallel runs on CPU cores with the NumPy backend; the backend is "
                                f"{backend.name!r}. A GPU is one device: train with processes=1 there.")
-        if not hasattr(os, "fork"):
-            raise RuntimeError("DataParallel needs os.fork (Linux or macOS); on this OS train with processes=1")
+        if not sys.platform.startswith("linux"):
+            raise RuntimeError(f"DataParallel forks its worker processes, which is safe on Linux only (on macOS the "
+                               f"system's BLAS is not safe after a fork; Windows has no fork); this is "
+                               f"{sys.platform!r}: train with processes=1")
         if int(processes) < 1:
             raise ValueError(f"DataParallel: processes={processes}; need at least 1 (1 = no worker processes)")
         self.model, self.loss_fn, self.weight, self.processes = model, loss_fn, weight, int(processes)

@@ -15,7 +15,7 @@
   far calls `on_best(step, metrics)` (e.g. to keep the best adapter) and `patience` evaluations
   without improvement stop training early.
 - Each log line is one JSON object in `log_path` (JSON lines), flushed as it is written.
-- `processes=n` (n > 1, NumPy backend, Linux/macOS) trains data-parallel: n processes of one thread
+- `processes=n` (n > 1, NumPy backend, Linux) trains data-parallel: n processes of one thread
   each run the forward and backward of one slice of every batch, and their gradients are added
   (minipeft.parallel; on 2 cores a step is 10-25 % faster than minipeft's threads op by op). The
   loss must be a mean over the tokens whose "targets" (or "labels") are not -100, or over rows:
