@@ -1,5 +1,8 @@
 """What would running the batch in slices on separate threads buy? A prototype, not the library.
 
+(Kept as the record of the fourth session's measurement. The library now trains data-parallel
+over PROCESSES, which the GIL does not slow down: minipeft.parallel, `bench --processes 2`.)
+
     python bench/what_if_data_parallel.py --config tiny --method full     # needs PyTorch (CPU build)
 
 minipeft's training step hands work to its pool of threads op by op: a tiny step makes 120
