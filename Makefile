@@ -21,7 +21,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m minipeft.bench --config tiny --method full
+	$(BIN)/python -m minipeft.bench --config tiny --method full --processes 2
 	$(BIN)/python -m minipeft.bench --config small --method full
+	$(BIN)/python -m minipeft.bench --config small --method full --processes 2
 
 # every lecture notebook in full mode, executed in place with its outputs; refreshes lectures/figures
 lectures: $(STAMP)
