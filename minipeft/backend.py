@@ -338,6 +338,7 @@ def _default_threads() -> int:
 
 _threads = _default_threads()
 _pool, _pool_pid = None, None
+_dropped = []               # pools that set_threads replaced: their threads may still be exiting
 _inside = threading.local()  # .block is True while this thread runs a block of `rows`
 MIN_PARALLEL = 1 << 15      # arrays smaller than this (32k numbers) are not worth a thread hand-off
 
@@ -349,6 +350,7 @@ def set_threads(n: int) -> None:
         raise ValueError(f"set_threads: need at least 1 thread, got {n}")
     if _pool is not None and _pool_pid == os.getpid():
         _pool.shutdown(wait=False)                  # its idle threads exit; `rows` makes a new pool
+        _dropped.append(_pool)
     _threads, _pool = int(n), None
 
 
@@ -362,7 +364,10 @@ def stop_threads() -> None:
     thread held at that moment stays locked there for ever (minipeft.parallel does this)."""
     global _pool
     if _pool is not None and _pool_pid == os.getpid():
-        _pool.shutdown(wait=True)
+        _dropped.append(_pool)
+    for pool in _dropped:                           # also the pools set_threads let go of
+        pool.shutdown(wait=True)
+    _dropped.clear()
     _pool = None
 
 

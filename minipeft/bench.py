@@ -378,8 +378,8 @@ def run(config: str = "tiny", method: str = "full", backend_name: str = "numpy",
     n = both get n (minipeft's is restored afterwards).
     processes: n > 1 = minipeft trains data-parallel (minipeft.parallel): n processes of one thread
     each, one slice of the batch per process; PyTorch gets n threads unless `threads` says otherwise."""
-    if int(processes) < 1:
-        raise ValueError(f"processes={processes}: need at least 1")
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise ValueError(f"processes={processes!r}: need a whole number >= 1")
     if processes > 1 and threads is None:
         threads = processes
 
@@ -421,8 +421,8 @@ def _run(*, config, method, backend_name, steps, with_torch, threads, tune_mallo
     finally:
         if dp is not None:
             dp.close()
-    if dp is not None:  # the largest worker, once stopped (the shared parameters count in both)
-        out["worker_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
+    if dp is not None:  # the largest worker, as it reported when stopped (the shared parameters count in both)
+        out["worker_peak_rss_mb"] = round(dp.worker_maxrss_kb / 1024, 1)
     return out
 
 
@@ -494,7 +494,7 @@ def _timed(cfg, config, method, steps, with_torch, threads, pause, warmup, mallo
         "optimizer": type(opt).__module__ + "." + type(opt).__name__,
         "threads": threads,
         "processes": 1 if dp is None else dp.processes,   # > 1: data-parallel (minipeft.parallel)
-        "row_threads": 1 if dp is not None else backend.get_threads(),   # per process, backend.rows
+        "row_threads": backend.get_threads(),     # backend.rows; with processes > 1 only the parent's AdamW uses them
         "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
         "openblas_num_threads": backend.OPENBLAS_NUM_THREADS,
         "products_in_blocks": (backend._SPLIT_PRODUCTS and backend.name == "numpy" and backend.get_threads() > 1

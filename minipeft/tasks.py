@@ -276,6 +276,8 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
     from .peft.api import method_of
     if task not in GEN_TASKS + CLS_TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {GEN_TASKS + CLS_TASKS}")
+    from .parallel import check_supported
+    processes = check_supported(processes)          # before loading anything
     method = method_of(peft_config)
     backend.manual_seed(seed)
     tok = load_default()

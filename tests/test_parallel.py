@@ -2,13 +2,15 @@
 training with it follows training without it, and every misuse gives a clear error."""
 from __future__ import annotations
 
+import faulthandler
 import os
 import sys
 
 import numpy as np
 import pytest
 
-from minipeft import backend, peft
+import minipeft
+from minipeft import backend, parallel, peft
 from minipeft.nn import Transformer, TransformerConfig
 from minipeft.optim import AdamW
 from minipeft.parallel import DataParallel, counted
@@ -18,6 +20,16 @@ pytestmark = [pytest.mark.task_training,
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="DataParallel forks: Linux only")]
 
 V = 23
+
+
+@pytest.fixture(autouse=True)
+def numpy_and_no_hang():
+    """DataParallel runs on CPU processes: NumPy also when the suite runs on CuPy. A test that
+    waits for a worker for 120 s has hung: end the run (a red CI beats a CI that never ends)."""
+    minipeft.use("numpy")
+    faulthandler.dump_traceback_later(120, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
 
 
 def decoder(seed=0, **kw):
@@ -213,6 +225,12 @@ def test_an_error_in_this_process_is_raised_as_it_is():
     ({1: np.zeros((4, 3), np.int64)}, TypeError, "string keys"),
     ({"note": "no arrays"}, ValueError, "no array to cut"),
     ({"ids": np.zeros((4, 3), np.int64), "targets": np.full((4, 3), -100)}, ValueError, "counts 0 items"),
+    ({"ids": np.zeros((4, 3), np.int64), "names": np.array(["a", None, "b", "c"], dtype=object)}, TypeError,
+     "dtype object cannot be sent"),
+    ({"ids": np.zeros((4, 3), np.int64), "when": np.zeros(4, "datetime64[s]")}, TypeError,
+     r"dtype datetime64\[s\] cannot be sent"),
+    ({"ids": np.zeros((4, 3), np.int64), "t": minipeft.autograd.Tensor(np.zeros(4))}, TypeError, "pass its .data"),
+    ((np.zeros((4, 3), np.int64), np.full((4, 3), -100)), ValueError, "no 'targets' or 'labels' key"),
 ])
 def test_bad_batches_are_clear_errors(batch, error, match):
     with DataParallel(decoder(), lm_loss, 2) as dp:
@@ -256,8 +274,7 @@ def test_workers_draw_dropout_from_the_parents_seed():
 def test_a_killed_worker_is_a_clear_error():
     dp = DataParallel(decoder(), lm_loss, 2)
     os.kill(dp._pids[0], 9)
-    os.waitpid(dp._pids[0], 0)
-    with pytest.raises(RuntimeError, match="worker process 1 .* stopped unexpectedly"):
+    with pytest.raises(RuntimeError, match=r"worker process 1 .* stopped unexpectedly \(killed by signal 9 \(SIGKILL"):
         dp.backward(lm_batch())
     with pytest.raises(RuntimeError, match="closed"):  # the others were stopped with it
         dp.backward(lm_batch())
@@ -289,7 +306,7 @@ def test_counted_is_what_a_mean_cross_entropy_divides_by():
 
 
 def test_wrong_settings_are_clear_errors(monkeypatch):
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ValueError, match="whole number >= 1"):
         DataParallel(decoder(), lm_loss, 0)
     frozen = decoder()
     frozen.freeze()
@@ -298,3 +315,131 @@ def test_wrong_settings_are_clear_errors(monkeypatch):
     monkeypatch.setattr(backend, "name", "cupy")
     with pytest.raises(RuntimeError, match="NumPy backend"):
         DataParallel(decoder(), lm_loss, 2)
+
+
+def test_bad_batches_leave_the_pipes_in_step():
+    model, batch = decoder(), lm_batch()
+    want_loss, want = single_process(model, lm_loss, batch)
+    with DataParallel(model, lm_loss, 2) as dp:
+        for bad in ({"ids": batch["ids"], "targets": batch["targets"], "w": np.zeros(5, "datetime64[s]")},
+                    {"ids": batch["ids"], "targets": batch["targets"], "names": np.array([None] * 5)}):
+            with pytest.raises(TypeError):
+                dp.backward(bad)
+        assert dp.backward(batch) == pytest.approx(want_loss, rel=1e-12)
+        assert_same_grads(want, grads(model))
+
+
+def test_an_interrupted_step_stops_the_workers_and_keeps_the_gradients():
+    """Ctrl-C (KeyboardInterrupt) in the middle of a step: the workers' replies would arrive one
+    step late, so they are stopped; the gradients are those from before the call."""
+    model, batch = decoder(), lm_batch()
+    parent = os.getpid()
+
+    def loss_fn(m, b):
+        if os.getpid() == parent:
+            raise KeyboardInterrupt
+        return lm_loss(m, b)
+
+    earlier = {id(p): p.grad for p in model.parameters()}
+    model.wte.weight.grad = np.ones_like(model.wte.weight.data)      # accumulated before
+    dp = DataParallel(model, loss_fn, 3)
+    pids, views = list(dp._pids), list(dp._shared)
+    with pytest.raises(KeyboardInterrupt):
+        dp.backward(batch)
+    assert np.array_equal(model.wte.weight.grad, np.ones_like(model.wte.weight.data))
+    assert all(p.grad is earlier[id(p)] for p in model.parameters() if p is not model.wte.weight)
+    for pid in pids:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+    with pytest.raises(RuntimeError, match="closed"):
+        dp.backward(batch)
+    assert all(p.data is not v for (_, p), v in zip(model.named_parameters(), views)), \
+        "after close the parameters must have private arrays again"
+
+
+def test_a_failed_worker_keeps_earlier_gradients():
+    model, batch = decoder(), lm_batch(rows=4)
+    model.wpe.weight.grad = accumulated = np.full_like(model.wpe.weight.data, 0.5)
+
+    def loss_fn(m, b):
+        if b["ids"][0, 0] == -1:
+            raise ValueError("bad row")
+        return lm_loss(m, b)
+
+    bad = {"ids": batch["ids"].copy(), "targets": batch["targets"]}
+    bad["ids"][2, 0] = -1
+    with DataParallel(model, loss_fn, 2) as dp:
+        with pytest.raises(RuntimeError, match="bad row"):
+            dp.backward(bad)
+    assert model.wpe.weight.grad is accumulated
+    assert model.wte.weight.grad is None
+
+
+def test_changing_the_model_after_the_start_is_an_error():
+    """A merged LoRA: the workers still have `merged == []` and would add BA a second time."""
+    pm = peft.get_peft_model(decoder(), peft.LoraConfig(r=2, target_modules=("q",)))
+    with DataParallel(pm, lm_loss, 2) as dp:
+        pm.merge_adapter()
+        with pytest.raises(RuntimeError, match=r"the model changed after the worker processes started \(.*merged"):
+            dp.backward(lm_batch())
+
+
+def test_workers_follow_eval_mode():
+    model, batch = decoder(dropout=0.5), lm_batch()
+    model.eval()
+    want_loss, want = single_process(model, lm_loss, batch)
+    with DataParallel(model, lm_loss, 2) as dp:
+        assert dp.backward(batch) == pytest.approx(want_loss, rel=1e-12)
+        assert_same_grads(want, grads(model))
+
+
+def test_fit_passes_slice_weight_for_tuple_batches():
+    """A tuple batch (ids, targets) with -100: `counted` cannot know the tokens; slice_weight can."""
+    def loss_fn(m, b):
+        return m(b[0], b[1])[1]
+
+    batches = [(b["ids"], b["targets"]) for b in (lm_batch(seed=s) for s in range(2))]
+    finals = []
+    for processes in (1, 2):
+        model = decoder()
+        fit(model, loss_fn, batches, steps=3, lr=1e-2, progress=False, processes=processes,
+            slice_weight=lambda b: int((b[1] != -100).sum()))
+        finals.append(model.wte.weight.data.copy())
+    np.testing.assert_allclose(finals[1], finals[0], rtol=1e-9, atol=1e-12)
+
+
+def test_fit_stops_the_workers_when_it_fails_early(monkeypatch, tmp_path):
+    started = []
+
+    class Recording(DataParallel):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            started.append(self)
+
+    monkeypatch.setattr(parallel, "DataParallel", Recording)
+
+    def broken_batches():
+        raise OSError("the data is gone")
+        yield
+
+    with pytest.raises(OSError, match="the data is gone"):
+        fit(decoder(), lm_loss, broken_batches(), steps=2, progress=False, processes=2)
+    assert len(started) == 1 and started[0]._pids == [], "fit left its worker processes running"
+
+
+def test_processes_are_checked_before_anything_runs(monkeypatch):
+    with pytest.raises(ValueError, match="whole number >= 1"):
+        fit(decoder(), lm_loss, [lm_batch()], steps=1, progress=False, processes=0)
+    with pytest.raises(ValueError, match="whole number >= 1"):
+        parallel.check_supported(1.5)
+    monkeypatch.setattr(sys, "platform", "darwin")
+    with pytest.raises(RuntimeError, match="Linux only"):
+        parallel.check_supported(2)
+    assert parallel.check_supported(1) == 1
+
+
+def test_close_reports_the_workers_memory():
+    dp = DataParallel(decoder(), lm_loss, 2)
+    dp.backward(lm_batch())
+    dp.close()
+    assert dp.worker_maxrss_kb > 1000, f"a worker reported {dp.worker_maxrss_kb} kB"
