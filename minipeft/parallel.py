@@ -11,7 +11,7 @@ virtual machine, and Python threads take turns on the GIL between NumPy calls. D
 hands off twice per step: each process runs the forward and backward of its slice from start to
 finish on one core, and then the gradients are added. PyTorch's DistributedDataParallel does the
 same across GPUs; here the "devices" are the cores of one machine (bench/RESULTS.md: on 2 cores a
-training step takes 0.70-0.89 of the time it takes with the op-by-op threads).
+training step takes 0.73-0.88 of the time it takes with the op-by-op threads).
 
 The arithmetic. The batch is cut into P slices of rows, slice 0 for this process and slice i for
 worker i (i = 1..P-1). For a loss that is a mean over counted items (tokens whose target is not

@@ -17,7 +17,7 @@
 - Each log line is one JSON object in `log_path` (JSON lines), flushed as it is written.
 - `processes=n` (n > 1, NumPy backend, Linux) trains data-parallel: n processes of one thread
   each run the forward and backward of one slice of every batch, and their gradients are added
-  (minipeft.parallel; on 2 cores a step takes 0.70-0.89 of the time of minipeft's threads op by
+  (minipeft.parallel; on 2 cores a step takes 0.73-0.88 of the time of minipeft's threads op by
   op). The slices are weighted by what a mean loss counts: the tokens whose "targets" (or
   "labels") are not -100, or the rows; for another loss pass `slice_weight=` (a function of a
   slice of the batch). Evaluation runs in this process.
