@@ -20,6 +20,7 @@ backend, `to_numpy(a)` brings any array back to the host.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 import threading
@@ -302,6 +303,29 @@ def scatter_add(target, indices, values):
     sums = numpy.add.reduceat(values[order], starts, axis=0)
     target[sorted_ids[starts]] += sums
     return target
+
+
+# ----------------------------------------------------------------------------- host memory
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the OS.
+
+    `train.fit` calls it on the NumPy backend (the demo: 71-76 s -> 56-58 s, system time 27 -> 2.5 s).
+    A training step allocates and frees ~100 MB of NumPy temporaries (activations, gradients).
+    By default glibc returns large blocks at once (munmap, heap trimming) and the next step
+    page-faults them in again: on the tiny config ~25,000 page faults and ~60 ms of system time
+    per step (about 20% of the step). Setting M_MMAP_MAX = 0 (large blocks come from the heap too)
+    and a large M_TRIM_THRESHOLD (the heap is not trimmed) makes the faults disappear; peak memory
+    is unchanged. Process-wide, Linux/glibc only; returns True when it was applied.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt               # absent with musl and on other platforms
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4                 # from glibc's <malloc.h>
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
 
 
 # ----------------------------------------------------------------------------- threads for elementwise work

@@ -50,7 +50,6 @@ Reported quantities (JSON keys):
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import platform
@@ -130,24 +129,7 @@ def matmul_peak_gflops(xp, sync, n: int = 1024, reps: int = 10) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
-def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the OS.
-
-    A training step allocates and frees ~100 MB of NumPy temporaries (activations, gradients).
-    By default glibc returns large blocks at once (munmap, heap trimming) and the next step
-    page-faults them in again: on the tiny config ~25,000 page faults and ~60 ms of system time
-    per step (about 20% of the step). Setting M_MMAP_MAX = 0 (large blocks come from the heap too)
-    and a large M_TRIM_THRESHOLD (the heap is not trimmed) makes the faults disappear; peak memory
-    is unchanged. Process-wide, Linux/glibc only; returns True when it was applied.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt               # absent with musl and on other platforms
-    except (OSError, AttributeError):
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4                 # from glibc's <malloc.h>
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
+keep_freed_memory = backend.keep_freed_memory   # (kept under this name for the scripts in bench/)
 
 
 def make_config(name: str, batch: int | None = None) -> dict:
