@@ -61,6 +61,7 @@ from __future__ import annotations
 import json
 import math
 import mmap
+import operator
 import os
 import resource
 import signal
@@ -75,11 +76,23 @@ from .nn.module import Module
 REPLY_POLL_S = 1.0        # while waiting for a worker, check this often that it is still alive
 
 
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "unnamed"
+
+
 def check_supported(processes) -> int:
     """The number of processes as an int, or a clear error if data parallelism cannot run here.
     Cheap: `finetune` and the command line call it before loading anything."""
-    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+    try:
+        n = operator.index(processes)                # ints, NumPy ints; not 1.5, not True
+    except TypeError:
+        n = None
+    if n is None or isinstance(processes, bool) or n < 1:
         raise ValueError(f"processes={processes!r}: expected a whole number >= 1 (1 = no worker processes)")
+    processes = n
     if processes > 1 and backend.name != "numpy":
         raise RuntimeError(f"data-parallel training runs on CPU cores with the NumPy backend; the backend is "
                            f"{backend.name!r}. A GPU is one device: train with processes=1 there.")
@@ -230,7 +243,8 @@ def _worker(conn, model, loss_fn, trainable, grads) -> None:
             return
         try:
             backend.rng.seed(message["seed"])
-            model.train(message["training"])
+            for (_, m), flag in zip(model.named_modules(), message["training"]):
+                m.training = flag                    # train/eval, module by module as in the parent
             loss = 0.0
             if message["weight"] > 0:
                 loss = _run_slice(model, loss_fn, _unflatten(message["plan"], arrays), message["weight"])
@@ -244,8 +258,11 @@ def _worker(conn, model, loss_fn, trainable, grads) -> None:
         finally:
             for p in trainable:
                 p.grad = None
-        sys.stdout.flush()                           # a print in loss_fn shows now, not never
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):      # a print in loss_fn shows now, not never
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
         _send(conn, reply)
 
 
@@ -299,32 +316,44 @@ class DataParallel:
 
     def _start_worker(self, rank: int) -> None:
         ours, theirs = Pipe()
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})   # no Ctrl-C mid-fork
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])   # (only reads the mask)
+        pid = None
         try:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})   # no Ctrl-C between fork and bookkeeping
             pid = os.fork()
-        except BaseException:
+            if pid == 0:                             # the worker: never returns into the caller's code
+                self._run_worker(rank, ours, theirs, old_mask)
+            theirs.close()
+            self._conns.append(ours)
+            self._pids.append(pid)                   # recorded before a pending Ctrl-C can arrive
+        finally:
+            if pid != 0:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)   # a pending Ctrl-C is raised here
+
+    def _run_worker(self, rank, ours, theirs, old_mask) -> None:
+        code = 1
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is for the parent, which stops us
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-            raise
-        if pid == 0:                                 # the worker: never returns into the caller's code
-            code = 1
+            ours.close()
+            for c in self._conns:                    # the other workers' pipes are not ours
+                c.close()
+            for p in self._trainable:                # a gradient the parent had is the parent's to add
+                p.grad = None
+            _worker(theirs, self.model, self.loss_fn, self._trainable, self._grads[rank - 1])
+            code = 0
+        except BaseException:
             try:
-                signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is for the parent, which stops us
-                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-                ours.close()
-                for c in self._conns:                # the other workers' pipes are not ours
-                    c.close()
-                _worker(theirs, self.model, self.loss_fn, self._trainable, self._grads[rank - 1])
-                code = 0
-            except BaseException:
                 traceback.print_exc()
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        theirs.close()
-        self._conns.append(ours)
-        self._pids.append(pid)
+            except BaseException:
+                pass
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except BaseException:                # (a closed pipe: `python train.py | head`)
+                    pass
+            os._exit(code)                           # never run the rest of the caller's program
 
     # -- each step
     def backward(self, batch) -> float:
@@ -354,8 +383,8 @@ class DataParallel:
         try:
             for i, conn in enumerate(self._conns, start=1):
                 try:
-                    _send(conn, {"step": self._step, "plan": plan, "weight": counts[i] / total,
-                                 "training": self.model.training, "seed": seeds[i - 1]}, slices[i])
+                    _send(conn, {"step": self._step, "plan": plan, "weight": counts[i] / total, "seed": seeds[i - 1],
+                                 "training": [m.training for _, m in self.model.named_modules()]}, slices[i])
                 except OSError:                          # its end of the pipe is closed: it has died
                     self._lost(i)
             error, loss = None, 0.0
@@ -411,7 +440,7 @@ class DataParallel:
             if status is None:
                 status = os.waitpid(pid, 0)[1]
             code = os.waitstatus_to_exitcode(status)
-            how = (f"killed by signal {-code} ({signal.Signals(-code).name}; 9 = kill -9 or the kernel's "
+            how = (f"killed by signal {-code} ({_signal_name(-code)}; 9 = kill -9 or the kernel's "
                    f"out-of-memory killer)" if code < 0 else f"exited with code {code}; its traceback is above")
         except ChildProcessError:
             how = "reaped by someone else"
@@ -475,7 +504,7 @@ class DataParallel:
         for (_, p), view in zip(self._named, getattr(self, "_shared", [])):
             if p.data is view:                       # a later fork (of anyone's) must not share them
                 p.data = view.copy()
-        self._shared = []
+        self._shared, self._grads = [], []
 
     def __enter__(self):
         return self

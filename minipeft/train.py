@@ -15,9 +15,10 @@
   far calls `on_best(step, metrics)` (e.g. to keep the best adapter) and `patience` evaluations
   without improvement stop training early.
 - Each log line is one JSON object in `log_path` (JSON lines), flushed as it is written.
-- On the NumPy backend (Linux), `fit` asks malloc to keep freed memory for reuse
-  (backend.keep_freed_memory, process-wide): every step allocates the same temporaries again, and
-  handing them back to the OS and faulting them in again cost a fifth of the demo's time.
+- On the NumPy backend (Linux), `fit` asks malloc to keep freed memory for reuse while it trains
+  (backend.keep_freed_memory, process-wide; handed back when it returns): every step allocates the
+  same temporaries again, and handing them back to the OS and faulting them in again cost a fifth
+  of the demo's time.
 - `processes=n` (n > 1, NumPy backend, Linux) trains data-parallel: n processes of one thread
   each run the forward and backward of one slice of every batch, and their gradients are added
   (minipeft.parallel; on 2 cores a step takes 0.73-0.88 of the time of minipeft's threads op by
@@ -105,8 +106,6 @@ def fit(model, loss_fn: Callable, batches: Iterable, *, steps: int, lr: float = 
     trained = [p for g in optimizer.param_groups for p in g["params"]]
 
     model.train()
-    if backend.name == "numpy":
-        backend.keep_freed_memory()
     log_file = None
     if log_path:
         os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
@@ -120,7 +119,9 @@ def fit(model, loss_fn: Callable, batches: Iterable, *, steps: int, lr: float = 
 
     records, best, bad_evals, stopped = [], None, 0, False
     dp = bar = None
+    kept = False
     try:
+        kept = backend.name == "numpy" and backend.keep_freed_memory()
         if processes > 1:  # before the progress bar starts its thread
             dp = DataParallel(model, loss_fn, processes, weight=slice_weight or counted)
         if progress:
@@ -181,6 +182,8 @@ def fit(model, loss_fn: Callable, batches: Iterable, *, steps: int, lr: float = 
                             log({"step": step, "early_stop": True, "best_step": best["step"]})
                             break
     finally:
+        if kept:
+            backend.keep_freed_memory(False)
         if dp is not None:
             dp.close()
         if bar:

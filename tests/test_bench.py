@@ -210,20 +210,21 @@ def test_processes_runs_the_data_parallel_step():
 
 @linux_only
 def test_the_data_parallel_step_trains_like_the_ordinary_one():
-    """One bench step data-parallel and one ordinary, from the same start: the same parameters
-    afterwards, to float32 rounding (the slices' gradients are added in another order)."""
+    """The bench's data-parallel step computes the ordinary step's gradients (float32 rounding:
+    the slices' gradients are added in another order)."""
     from minipeft.parallel import DataParallel
     backend.use("numpy")                              # also when the suite runs on CuPy: CPU processes
     cfg = dict(bench.CONFIGS["tiny"], batch=4, n_layer=1)
     ids = bench.token_batch(cfg)
-    after = []
-    for processes in (1, 2):
-        backend.manual_seed(0)
-        model, opt = bench.build_minipeft(cfg, "full")
-        dp = DataParallel(model, bench.lm_loss, processes) if processes > 1 else None
-        bench.minipeft_step(model, opt, ids[:, :-1], ids[:, 1:], dp)
-        if dp is not None:
-            dp.close()
-        after.append({n: p.data.copy() for n, p in model.named_parameters()})
-    for name in after[0]:
-        numpy.testing.assert_allclose(after[1][name], after[0][name], rtol=1e-4, atol=1e-6, err_msg=name)
+    backend.manual_seed(0)
+    model, _ = bench.build_minipeft(cfg, "full")
+    batch = {"ids": ids[:, :-1], "targets": ids[:, 1:]}
+    bench.lm_loss(model, batch).backward()
+    want = {n: p.grad.copy() for n, p in model.named_parameters()}
+    model.zero_grad()
+    with DataParallel(model, bench.lm_loss, 2) as dp:
+        dp.backward(batch)
+    scale = max(numpy.abs(g).max() for g in want.values())
+    for name, p in model.named_parameters():
+        err = numpy.abs(p.grad - want[name]).max() / scale
+        assert err < 1e-5, f"{name}: the data-parallel gradient differs by {err:.2e} of the largest gradient"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import faulthandler
 import os
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -22,14 +23,30 @@ pytestmark = [pytest.mark.task_training,
 V = 23
 
 
+HANG_S = 120
+
+
 @pytest.fixture(autouse=True)
-def numpy_and_no_hang():
+def numpy_and_no_hang(request):
     """DataParallel runs on CPU processes: NumPy also when the suite runs on CuPy. A test that
-    waits for a worker for 120 s has hung: end the run (a red CI beats a CI that never ends)."""
+    waits for a worker for HANG_S seconds has hung: print every thread's stack where it can be
+    seen (past pytest's capture) and end the run; a red CI beats a CI that never ends."""
     minipeft.use("numpy")
-    faulthandler.dump_traceback_later(120, exit=True)
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+
+    def hung():
+        if capture is not None:
+            capture.suspend_global_capture(in_=True)
+        print(f"\n{request.node.nodeid}: no progress for {HANG_S} s (a worker that never answers?); "
+              f"the stacks:", file=sys.stderr, flush=True)
+        faulthandler.dump_traceback(file=sys.stderr)
+        os._exit(1)
+
+    watchdog = threading.Timer(HANG_S, hung)
+    watchdog.daemon = True
+    watchdog.start()
     yield
-    faulthandler.cancel_dump_traceback_later()
+    watchdog.cancel()
 
 
 def decoder(seed=0, **kw):
@@ -443,3 +460,35 @@ def test_close_reports_the_workers_memory():
     dp.backward(lm_batch())
     dp.close()
     assert dp.worker_maxrss_kb > 1000, f"a worker reported {dp.worker_maxrss_kb} kB"
+
+
+def test_a_gradient_from_before_the_start_is_counted_once():
+    """The workers are forked with the parent's .grad; only the parent may add it."""
+    model, batch = decoder(), lm_batch()
+    _, once = single_process(model, lm_loss, batch)
+    model.wte.weight.grad = np.ones_like(model.wte.weight.data)
+    with DataParallel(model, lm_loss, 3) as dp:
+        dp.backward(batch)
+        got = grads(model)
+    want = dict(once, **{"wte.weight": once["wte.weight"] + 1.0})
+    assert_same_grads(want, got)
+
+
+def test_workers_follow_train_and_eval_module_by_module():
+    """A frozen base kept in eval mode (no dropout) inside a model in train mode: the workers
+    must see the same mix, not the root's flag everywhere."""
+    model, batch = decoder(dropout=0.5), lm_batch()
+    model.train()
+    for name, m in model.named_modules():
+        if name:                                      # every module but the root: eval
+            m.training = False
+    want_loss, want = single_process(model, lm_loss, batch)
+    with DataParallel(model, lm_loss, 2) as dp:
+        assert dp.backward(batch) == pytest.approx(want_loss, rel=1e-12)
+        assert_same_grads(want, grads(model))
+
+
+def test_processes_may_be_a_numpy_integer():
+    assert parallel.check_supported(np.int64(2)) == 2
+    with pytest.raises(ValueError, match="whole number"):
+        parallel.check_supported(True)

@@ -111,10 +111,11 @@ def test_unknown_select_key_names_what_eval_returned():
 
 def test_fit_keeps_freed_memory_on_numpy(monkeypatch):
     calls = []
-    monkeypatch.setattr(backend, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(backend, "keep_freed_memory", lambda keep=True: calls.append(keep) or True)
     backend.use("numpy")
     fit(tiny(), lm_loss, [one_batch()], steps=1, progress=False)
-    assert calls == [1], "fit should ask malloc to keep freed memory (a fifth of the demo's time)"
+    assert calls == [True, False], ("fit should ask malloc to keep freed memory while it trains (a fifth of "
+                                    f"the demo's time) and hand it back when it returns; calls: {calls}")
 
 
 def test_keep_freed_memory_stops_page_faults_on_reuse():
