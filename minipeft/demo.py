@@ -7,7 +7,7 @@
 4. print the trainable-parameter report, the dev BLEU after, the same examples' new outputs,
 5. save the adapter (adapter_config.json + adapter_model.safetensors) to runs/demo-lora.
 
-About a minute on a 2-core CPU (47 s with --processes 2). Options: python -m minipeft.demo --steps N --eval-size N
+About a minute on a 2-core CPU (43-48 s with --processes 2). Options: python -m minipeft.demo --steps N --eval-size N
 --processes N.
 """
 from __future__ import annotations
