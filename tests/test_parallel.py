@@ -88,6 +88,21 @@ def assert_same_grads(want, got, rtol=1e-10):
             assert err < rtol, f"{name}[{i}]: expected {a[i]!r}, got {b[i]!r}, relative error {err:.2e}"
 
 
+def raising_on_marked_rows(error):
+    """A loss_fn that raises `error` on a slice whose first row is marked (ids[., 0] == -1), and
+    `marked(batch, row)`, a copy of a batch with that row marked."""
+    def loss_fn(m, b):
+        if b["ids"].shape[0] and b["ids"][0, 0] == -1:
+            raise error
+        return lm_loss(m, b)
+
+    def marked(batch, row):
+        ids = batch["ids"].copy()
+        ids[row, 0] = -1
+        return dict(batch, ids=ids)
+    return loss_fn, marked
+
+
 def single_process(model, loss_fn, batch):
     loss = loss_fn(model, batch)
     loss.backward()
@@ -200,14 +215,8 @@ def test_a_replaced_parameter_is_copied_into_shared_memory():
 
 def test_a_worker_error_names_the_worker_and_keeps_the_pool_usable():
     model, batch = decoder(), lm_batch(rows=4)
-
-    def loss_fn(m, b):
-        if b["ids"][0, 0] == -1:
-            raise ValueError("a row the loss cannot take")
-        return lm_loss(m, b)
-
-    bad = {"ids": batch["ids"].copy(), "targets": batch["targets"]}
-    bad["ids"][2, 0] = -1                             # in the worker's slice (rows 2:4)
+    loss_fn, marked = raising_on_marked_rows(ValueError("a row the loss cannot take"))
+    bad = marked(batch, 2)                            # in the worker's slice (rows 2:4)
     with DataParallel(model, loss_fn, 2) as dp:
         with pytest.raises(RuntimeError, match=r"worker process 1 .*rows 2:4(.|\n)*a row the loss cannot take"):
             dp.backward(bad)
@@ -219,14 +228,8 @@ def test_a_worker_error_names_the_worker_and_keeps_the_pool_usable():
 
 def test_an_error_in_this_process_is_raised_as_it_is():
     model, batch = decoder(), lm_batch(rows=4)
-
-    def loss_fn(m, b):
-        if b["ids"].shape[0] and b["ids"][0, 0] == -1:
-            raise KeyError("mine")
-        return lm_loss(m, b)
-
-    bad = {"ids": batch["ids"].copy(), "targets": batch["targets"]}
-    bad["ids"][0, 0] = -1
+    loss_fn, marked = raising_on_marked_rows(KeyError("mine"))
+    bad = marked(batch, 0)                            # in this process's slice (rows 0:2)
     with DataParallel(model, loss_fn, 2) as dp:
         with pytest.raises(KeyError, match="mine"):
             dp.backward(bad)
@@ -377,14 +380,8 @@ def test_an_interrupted_step_stops_the_workers_and_keeps_the_gradients():
 def test_a_failed_worker_keeps_earlier_gradients():
     model, batch = decoder(), lm_batch(rows=4)
     model.wpe.weight.grad = accumulated = np.full_like(model.wpe.weight.data, 0.5)
-
-    def loss_fn(m, b):
-        if b["ids"][0, 0] == -1:
-            raise ValueError("bad row")
-        return lm_loss(m, b)
-
-    bad = {"ids": batch["ids"].copy(), "targets": batch["targets"]}
-    bad["ids"][2, 0] = -1
+    loss_fn, marked = raising_on_marked_rows(ValueError("bad row"))
+    bad = marked(batch, 2)
     with DataParallel(model, loss_fn, 2) as dp:
         with pytest.raises(RuntimeError, match="bad row"):
             dp.backward(bad)
