@@ -50,6 +50,7 @@ Reported quantities (JSON keys):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -60,6 +61,7 @@ import time
 
 from . import backend
 from .autograd import Tensor
+from .pretrain import lm_loss  # the model's mean cross-entropy of a batch (for DataParallel)
 
 numpy = backend.host()  # host-side arrays only (token ids, the peak-matmul inputs before xp.asarray)
 
@@ -241,11 +243,6 @@ def minipeft_step(model, opt, ids, targets, dp=None):
     return loss
 
 
-def lm_loss(model, batch):
-    """The bench's loss, for DataParallel: the model's mean cross-entropy of one slice."""
-    return model(batch["ids"], batch["targets"])[1]
-
-
 # ----------------------------------------------------------------------------- PyTorch side
 
 def torch_reference(cfg: dict, method: str, threads: int, device: str = "cpu"):
@@ -393,118 +390,105 @@ def _run(*, config, method, backend_name, steps, with_torch, threads, tune_mallo
     model, opt = build_minipeft(cfg, method)
     host_ids = token_batch(cfg, seed)
     ids, targets = backend.to_device(host_ids[:, :-1]), backend.to_device(host_ids[:, 1:])
-    dp = None
-    if processes > 1:  # fork the workers now, before PyTorch starts threads of its own
-        from .parallel import DataParallel
-        dp = DataParallel(model, lm_loss, processes)
-    try:
-        out = _timed(cfg, config, method, steps, with_torch, threads, pause, warmup, malloc_tuned,
-                     model, opt, host_ids, ids, targets, dp)
-    finally:
-        if dp is not None:
-            dp.close()
-    if dp is not None:  # the largest worker, as it reported when stopped (the shared parameters count in both)
-        out["worker_peak_rss_mb"] = round(dp.worker_maxrss_kb / 1024, 1)
-    return out
+    # fork the workers now, before PyTorch starts threads of its own; `with` stops them, also on an error
+    from .parallel import DataParallel
+    with DataParallel(model, lm_loss, processes) if processes > 1 else contextlib.nullcontext() as dp:
+        xp, sync = backend.xp, backend.synchronize
 
-
-def _timed(cfg, config, method, steps, with_torch, threads, pause, warmup, malloc_tuned,
-           model, opt, host_ids, ids, targets, dp):
-    xp, sync = backend.xp, backend.synchronize
-
-    def timed_minipeft():
-        sync()
-        t0 = time.perf_counter()
-        minipeft_step(model, opt, ids, targets, dp)
-        sync()                                   # the GPU runs asynchronously: wait before reading the clock
-        return time.perf_counter() - t0
-
-    for _ in range(warmup):
-        timed_minipeft()
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
-    # a GPU needs a big product to reach its peak
-    peak = matmul_peak_gflops(xp, sync, n=1024 if backend.name == "numpy" else 8192)
-
-    timed_torch, torch_device = None, torch_device_for(backend.name) if with_torch else None
-    if torch_device is not None:
-        torch_step, torch, torch_counts = torch_reference(cfg, method, threads, torch_device)
-        tids = torch.from_numpy(host_ids[:, :-1]).to(torch_device)
-        ttargets = torch.from_numpy(host_ids[:, 1:]).to(torch_device)
-        tsync = torch.cuda.synchronize if torch_device == "cuda" else (lambda: None)
-
-        def timed_torch():
-            tsync()
+        def timed_minipeft():
+            sync()
             t0 = time.perf_counter()
-            torch_step(tids, ttargets)
-            tsync()
+            minipeft_step(model, opt, ids, targets, dp)
+            sync()                                   # the GPU runs asynchronously: wait before reading the clock
             return time.perf_counter() - t0
 
         for _ in range(warmup):
-            timed_torch()
+            timed_minipeft()
+        peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+        # a GPU needs a big product to reach its peak
+        peak = matmul_peak_gflops(xp, sync, n=1024 if backend.name == "numpy" else 8192)
 
-    # Alternate one minipeft step with one PyTorch step, so that noise from the rest of the
-    # machine hits both. Before each step, pause: the worker threads of the library that just ran
-    # may keep spinning after its last kernel (PyTorch's OpenMP threads by default; OpenBLAS's
-    # when it runs threads of its own, ~25 us with backend.OPENBLAS_THREAD_TIMEOUT, ~0.1 s without)
-    # and would take a core from the other.
-    times, torch_times = [], []
-    for _ in range(steps):
-        if timed_torch is not None:
-            time.sleep(pause)
-        times.append(timed_minipeft())
-        if timed_torch is not None:
-            time.sleep(pause)
-            torch_times.append(timed_torch())
+        timed_torch, torch_device = None, torch_device_for(backend.name) if with_torch else None
+        if torch_device is not None:
+            torch_step, torch, torch_counts = torch_reference(cfg, method, threads, torch_device)
+            tids = torch.from_numpy(host_ids[:, :-1]).to(torch_device)
+            ttargets = torch.from_numpy(host_ids[:, 1:]).to(torch_device)
+            tsync = torch.cuda.synchronize if torch_device == "cuda" else (lambda: None)
 
-    sec = statistics.median(times)
-    tokens = cfg["batch"] * cfg["n_ctx"]
-    flops = step_flops(cfg, method)
-    out = {
-        "config": config, "method": method, "backend": backend.name, "steps": steps, "warmup": warmup,
-        "batch": cfg["batch"], "seq": cfg["n_ctx"], "tokens_per_step": tokens,
-        "ms_per_step": round(sec * 1e3, 2),
-        "ms_min": round(min(times) * 1e3, 2),
-        "tokens_per_s": round(tokens / sec, 1),
-        "params": model.num_parameters(),
-        "trainable": model.num_parameters(trainable_only=True),
-        "peak_rss_mb": round(peak_rss_mb, 1),
-        "step_gflop": round(flops / 1e9, 3),
-        "gflops": round(flops / sec / 1e9, 2),
-        "peak_gflops": round(peak, 1),
-        "peak_fraction": round(flops / sec / 1e9 / peak, 4),
-        "optimizer_state_bytes": optimizer_state_bytes(opt),
-        "optimizer": type(opt).__module__ + "." + type(opt).__name__,
-        "threads": threads,
-        "processes": 1 if dp is None else dp.processes,   # > 1: data-parallel (minipeft.parallel)
-        "row_threads": backend.get_threads(),     # backend.rows; with processes > 1 only the parent's AdamW uses them
-        "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
-        "openblas_num_threads": backend.OPENBLAS_NUM_THREADS,
-        "products_in_blocks": (backend._SPLIT_PRODUCTS and backend.name == "numpy" and backend.get_threads() > 1
-                               and dp is None),
-        "malloc_tuned": malloc_tuned,
-        "numpy_version": numpy.__version__,
-        "python": platform.python_version(),
-    }
-    if backend.name == "cupy":  # the pool keeps what it allocated: its size is the peak
-        out["gpu_pool_mb"] = round(xp.get_default_memory_pool().total_bytes() / 2**20, 1)
-    if with_torch and timed_torch is None:  # say why there is no PyTorch line
-        out["torch_skipped"] = ("PyTorch is not importable (pip install torch)" if backend.name == "numpy"
-                                else "PyTorch is not importable or has no CUDA")
-    if timed_torch is not None:
-        tsec = statistics.median(torch_times)
-        out.update({
-            "torch_ms_per_step": round(tsec * 1e3, 2),
-            "torch_ms_min": round(min(torch_times) * 1e3, 2),
-            "ratio": round(sec / tsec, 3),
-            "torch_version": torch.__version__,
-            "torch_device": torch_device,
-            "torch_threads": torch.get_num_threads(),
-            "torch_params": torch_counts[0], "torch_trainable": torch_counts[1],
-            "pause_s": pause,
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
-        })
+            def timed_torch():
+                tsync()
+                t0 = time.perf_counter()
+                torch_step(tids, ttargets)
+                tsync()
+                return time.perf_counter() - t0
+
+            for _ in range(warmup):
+                timed_torch()
+
+        # Alternate one minipeft step with one PyTorch step, so that noise from the rest of the
+        # machine hits both. Before each step, pause: the worker threads of the library that just ran
+        # may keep spinning after its last kernel (PyTorch's OpenMP threads by default; OpenBLAS's
+        # when it runs threads of its own, ~25 us with backend.OPENBLAS_THREAD_TIMEOUT, ~0.1 s without)
+        # and would take a core from the other.
+        times, torch_times = [], []
+        for _ in range(steps):
+            if timed_torch is not None:
+                time.sleep(pause)
+            times.append(timed_minipeft())
+            if timed_torch is not None:
+                time.sleep(pause)
+                torch_times.append(timed_torch())
+
+        sec = statistics.median(times)
+        tokens = cfg["batch"] * cfg["n_ctx"]
+        flops = step_flops(cfg, method)
+        out = {
+            "config": config, "method": method, "backend": backend.name, "steps": steps, "warmup": warmup,
+            "batch": cfg["batch"], "seq": cfg["n_ctx"], "tokens_per_step": tokens,
+            "ms_per_step": round(sec * 1e3, 2),
+            "ms_min": round(min(times) * 1e3, 2),
+            "tokens_per_s": round(tokens / sec, 1),
+            "params": model.num_parameters(),
+            "trainable": model.num_parameters(trainable_only=True),
+            "peak_rss_mb": round(peak_rss_mb, 1),
+            "step_gflop": round(flops / 1e9, 3),
+            "gflops": round(flops / sec / 1e9, 2),
+            "peak_gflops": round(peak, 1),
+            "peak_fraction": round(flops / sec / 1e9 / peak, 4),
+            "optimizer_state_bytes": optimizer_state_bytes(opt),
+            "optimizer": type(opt).__module__ + "." + type(opt).__name__,
+            "threads": threads,
+            "processes": 1 if dp is None else dp.processes,   # > 1: data-parallel (minipeft.parallel)
+            "row_threads": backend.get_threads(),   # backend.rows (with processes > 1: the parent's AdamW only)
+            "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
+            "openblas_num_threads": backend.OPENBLAS_NUM_THREADS,
+            "products_in_blocks": (backend._SPLIT_PRODUCTS and backend.name == "numpy" and backend.get_threads() > 1
+                                   and dp is None),
+            "malloc_tuned": malloc_tuned,
+            "numpy_version": numpy.__version__,
+            "python": platform.python_version(),
+        }
+        if backend.name == "cupy":  # the pool keeps what it allocated: its size is the peak
+            out["gpu_pool_mb"] = round(xp.get_default_memory_pool().total_bytes() / 2**20, 1)
+        if with_torch and timed_torch is None:  # say why there is no PyTorch line
+            out["torch_skipped"] = ("PyTorch is not importable (pip install torch)" if backend.name == "numpy"
+                                    else "PyTorch is not importable or has no CUDA")
+        if timed_torch is not None:
+            tsec = statistics.median(torch_times)
+            out.update({
+                "torch_ms_per_step": round(tsec * 1e3, 2),
+                "torch_ms_min": round(min(torch_times) * 1e3, 2),
+                "ratio": round(sec / tsec, 3),
+                "torch_version": torch.__version__,
+                "torch_device": torch_device,
+                "torch_threads": torch.get_num_threads(),
+                "torch_params": torch_counts[0], "torch_trainable": torch_counts[1],
+                "pause_s": pause,
+                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+            })
+    if dp is not None:  # the largest worker, as it reported when stopped (the shared parameters count in both)
+        out["worker_peak_rss_mb"] = round(dp.worker_maxrss_kb / 1024, 1)
     return out
-
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m minipeft.bench", description=__doc__.split("\n\n")[0])

@@ -379,12 +379,13 @@ class DataParallel:
         # two 63-bit numbers per worker: a seed for its generator that no step or worker repeats
         seeds = [[int(x) for x in backend.rng.gen.integers(0, 2**63 - 1, size=2)] for _ in range(P - 1)]
         before = [p.grad for p in self._trainable]   # gradients are never changed in place: refs suffice
+        training = [m.training for _, m in self.model.named_modules()]   # train/eval, module by module
         self._step += 1
         try:
             for i, conn in enumerate(self._conns, start=1):
                 try:
                     _send(conn, {"step": self._step, "plan": plan, "weight": counts[i] / total, "seed": seeds[i - 1],
-                                 "training": [m.training for _, m in self.model.named_modules()]}, slices[i])
+                                 "training": training}, slices[i])
                 except OSError:                          # its end of the pipe is closed: it has died
                     self._lost(i)
             error, loss = None, 0.0

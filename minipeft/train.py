@@ -150,7 +150,8 @@ def fit(model, loss_fn: Callable, batches: Iterable, *, steps: int, lr: float = 
 
             if step % log_every == 0 or step == steps:
                 now = time.perf_counter()
-                rec = {"step": step, "loss": float(loss.item()) if dp is None else loss, "lr": optimizer.param_groups[0]["lr"],
+                rec = {"step": step, "loss": float(loss.item()) if dp is None else loss,
+                       "lr": optimizer.param_groups[0]["lr"],
                        "tokens_per_s": tokens_since / max(now - last_t, 1e-9),
                        "elapsed_s": now - start}
                 if grad_norm is not None:
