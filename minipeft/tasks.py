@@ -48,9 +48,13 @@ class Seq2SeqExample:
 
 def linearize_mr(mr: str) -> str:
     """E2E meaning representation -> the flat source Li & Liang feed GPT-2:
-    'name[The Eagle], food[Chinese]' -> 'name : The Eagle | food : Chinese'."""
+    'name[The Eagle], food[Chinese]' -> 'name : The Eagle | food : Chinese'. A repeated
+    attribute (cleaned E2E: `eatType[pub], eatType[restaurant]`) gives one field per value."""
     from .data.formats import parse_mr
-    return " | ".join(f"{k} : {v}" for k, v in parse_mr(mr).items())
+    fields = []
+    for k, v in parse_mr(mr).items():
+        fields += [f"{k} : {x}" for x in (v if isinstance(v, list) else [v])]
+    return " | ".join(fields)
 
 
 def linearize_triples(triples) -> str:

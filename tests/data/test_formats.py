@@ -27,7 +27,10 @@ def test_e2e_groups_references_by_mr_in_file_order():
 
 
 def test_e2e_unreferenced_test_file_has_only_mrs():
-    data = F.read_e2e_csv(FIX / "e2e_noref.csv")
+    # an unreferenced file is read only when the caller says so (labelled=False)
+    with pytest.raises(DataFormatError, match="e2e_noref.csv line 1: .*labelled=False"):
+        F.read_e2e_csv(FIX / "e2e_noref.csv")
+    data = F.read_e2e_csv(FIX / "e2e_noref.csv", labelled=False)
     assert [d.refs for d in data] == [[], []]
     assert F.parse_mr(data[1].mr) == {"name": "Clowns", "eatType": "pub", "near": "The Sorrento"}
 
@@ -162,7 +165,9 @@ def test_sst2_train_and_unlabelled_test():
     assert [x.label for x in train] == [1, 0, 1, 0]
     assert train[2].sentence == "it 's never boring , and that 's saying something ."
     assert train[3].sentence.startswith('the cast "s')    # GLUE is unquoted: keep quotes as text
-    test = F.read_glue_tsv(FIX / "sst2_test.tsv", "sst2")
+    with pytest.raises(DataFormatError, match="no 'label' column. .*labelled=False"):
+        F.read_glue_tsv(FIX / "sst2_test.tsv", "sst2")
+    test = F.read_glue_tsv(FIX / "sst2_test.tsv", "sst2", labelled=False)
     assert [(x.index, x.label) for x in test] == [(0, None), (1, None)]
     assert test[0].sentence == "an affectionate , if slight , portrait ."
 
@@ -193,7 +198,9 @@ def test_mnli_columns_by_header_name():
     assert dev[1].sentence1 == 'yeah we went there last "summer" it was packed'
     assert dev[1].sentence2 == "The place was empty when we visited."
     assert [x.label_id for x in dev] == [0, 2, 0]
-    (t,) = F.read_glue_tsv(FIX / "mnli_test_matched.tsv", "mnli")
+    with pytest.raises(DataFormatError, match="no 'gold_label' column"):
+        F.read_glue_tsv(FIX / "mnli_test_matched.tsv", "mnli")
+    (t,) = F.read_glue_tsv(FIX / "mnli_test_matched.tsv", "mnli", labelled=False)
     assert t.label is None and t.sentence2 == "Prices fell in May."
     with pytest.raises(ValueError):
         t.label_id
