@@ -195,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--eval-size", type=int, default=100)
     f.add_argument("--eval-every", type=int, default=100)
     f.add_argument("--patience", type=int, default=None)
+    f.add_argument("--data", default=None, metavar="DIR",
+                   help="read the task from DIR, a folder laid out like data/ (e.g. DIR/e2e/train.csv,"
+                        " or the real releases' names: DIR/e2e/trainset.csv ...); default: data/")
     f.add_argument("--out", default=None, help="where the best adapter and the log go")
     f.add_argument("--quiet", action="store_true")
     f.add_argument("--processes", type=int, default=1,

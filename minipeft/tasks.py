@@ -44,6 +44,7 @@ class Seq2SeqExample:
     refs: list
     category: str = ""
     seen: bool = True
+    origin: str = ""            # where it was read from ("data/webnlg/dev.xml entry Id4"), for errors
 
 
 def linearize_mr(mr: str) -> str:
@@ -62,40 +63,122 @@ def linearize_triples(triples) -> str:
     return " | ".join(" : ".join(x.replace("_", " ") for x in (t.s, t.p, t.o)) for t in triples)
 
 
-def load_task(task: str, split: str, data_dir: str | None = None) -> list:
-    """Examples of a task split ('train', 'dev', 'test') from the shipped files in data/."""
-    from .data import formats
+# Where load_task finds a split, relative to the data folder: the layout of data/ first, then the
+# names of the real releases (E2E's trainset.csv, devset.csv, testset_w_refs.csv; the cleaned
+# E2E's *-fixed csv files; a WebNLG split as a folder of .xml files, as it is released).
+SPLIT_FILES = {
+    "e2e": {"train": ("e2e/train.csv", "e2e/trainset.csv", "e2e/train-fixed.no-ol.csv"),
+            "dev": ("e2e/dev.csv", "e2e/devset.csv", "e2e/devel-fixed.no-ol.csv"),
+            "test": ("e2e/test.csv", "e2e/testset_w_refs.csv", "e2e/test-fixed.csv")},
+    "webnlg": {s: (f"webnlg/{s}.xml", f"webnlg/{s}") for s in ("train", "dev", "test")},
+    "sst2": {s: (f"sst2/{s}.tsv",) for s in ("train", "dev", "test")},
+}
+
+
+def task_file(task: str, split: str, data_dir: str | None = None) -> str:
+    """The file (or folder) holding a split of a task under `data_dir` (default: the shipped
+    data/), found by the names in SPLIT_FILES; a clear error naming the paths it looked for."""
     root = data_dir or DATA
-    if task == "e2e":
-        rows = formats.read_e2e_csv(os.path.join(root, "e2e", f"{split}.csv"))
-        return [Seq2SeqExample(linearize_mr(r.mr), list(r.refs)) for r in rows]
-    if task == "webnlg":
-        entries = formats.read_webnlg_xml(os.path.join(root, "webnlg", f"{split}.xml"))
-        seen = _seen_categories(root)
-        return [Seq2SeqExample(linearize_triples(e.triples), list(e.lexes), e.category, e.category in seen)
-                for e in entries]
-    if task in ("sst2", "sst2-lm"):
-        return formats.read_glue_tsv(os.path.join(root, "sst2", f"{split}.tsv"), "sst2")
-    raise ValueError(f"unknown task {task!r}; choose one of {GEN_TASKS + CLS_TASKS}")
+    files = SPLIT_FILES.get("sst2" if task == "sst2-lm" else task)
+    if files is None:
+        raise ValueError(f"unknown task {task!r}; choose one of {GEN_TASKS + CLS_TASKS}")
+    if split not in files:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(files)}")
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"data folder {root} does not exist (expected a folder laid out "
+                                f"like data/, e.g. {os.path.join(root, files[split][0])})")
+    paths = [os.path.join(root, rel) for rel in files[split]]
+    for path in paths:
+        if os.path.exists(path):
+            return path
+    raise FileNotFoundError(f"data folder {root} has no {task} {split} split: expected "
+                            + " or ".join(paths))
 
 
-def _seen_categories(root: str) -> set:
+def load_task(task: str, split: str, data_dir: str | None = None, labelled: bool = True) -> list:
+    """Examples of a task split ('train', 'dev', 'test') from `data_dir` (default: the shipped
+    files in data/; any folder laid out like it, see SPLIT_FILES).
+
+    labelled=True (the default) needs references/labels: a file without them is an error, and
+    WebNLG entries left without a reference are skipped with a DataWarning saying how many and
+    which. labelled=False reads an unreferenced test file (refs == [], label None)."""
     from .data import formats
-    return {e.category for e in formats.read_webnlg_xml(os.path.join(root, "webnlg", "train.xml"))}
+    path = task_file(task, split, data_dir)
+    if task == "e2e":
+        rows = formats.read_e2e_csv(path, labelled=labelled)
+        return [Seq2SeqExample(linearize_mr(r.mr), list(r.refs), origin=f"{path} MR {r.mr!r}")
+                for r in rows]
+    if task == "webnlg":
+        entries = formats.read_webnlg_xml(path, labelled=labelled)
+        if labelled:
+            entries = _drop_unreferenced(entries, path)
+        seen = _seen_categories(data_dir)
+        return [Seq2SeqExample(linearize_triples(e.triples), list(e.lexes), e.category,
+                               e.category in seen, origin=f"{path} entry {e.eid}")
+                for e in entries]
+    return formats.read_glue_tsv(path, "sst2", labelled=labelled)
+
+
+def _drop_unreferenced(entries: list, path) -> list:
+    """The entries that have a reference; a DataWarning names the others (they cannot be trained
+    on or scored)."""
+    import warnings
+    from .data.formats import DataWarning
+    bare = [e.eid for e in entries if not e.lexes]
+    if bare:
+        warnings.warn(f"{path}: skipped {len(bare)} of {len(entries)} entries that have no "
+                      f"reference: {', '.join(bare[:10])}{' ...' if len(bare) > 10 else ''}",
+                      DataWarning, stacklevel=3)
+    return [e for e in entries if e.lexes]
+
+
+def _seen_categories(data_dir: str | None) -> set:
+    """The WebNLG categories of the train split ("seen"; the others in test are "unseen")."""
+    import warnings
+    from .data import formats
+    with warnings.catch_warnings():           # the train split's own load reports its problems
+        warnings.simplefilter("ignore", formats.DataWarning)
+        entries = formats.read_webnlg_xml(task_file("webnlg", "train", data_dir), labelled=False)
+    return {e.category for e in entries}
 
 
 # ----------------------------------------------------------------------------- generation tasks
 
+FIELD_SEP = " | "               # between the fields of a linearized source (attributes, triples)
+
+
+def fit_source(tok, source: str, room: int) -> tuple[list, bool]:
+    """Token ids of `source` in at most `room` tokens, and whether it had to be cut.
+
+    Cut where it loses least: a source made of fields (an E2E MR's attributes, WebNLG's
+    triples, joined by FIELD_SEP) loses whole fields from its end, so the first ones survive
+    (an E2E MR's `name` comes first; cutting tokens from the left would lose it first). A first
+    field that is too long alone keeps its first tokens; a plain text keeps its beginning and its
+    end and loses the middle. The <sep> that ends a prompt is added after, so it always stays."""
+    ids = tok.encode(source)
+    if len(ids) <= room:
+        return ids, False
+    fields = source.split(FIELD_SEP)
+    for k in range(len(fields) - 1, 0, -1):          # drop whole fields from the end
+        ids = tok.encode(FIELD_SEP.join(fields[:k]))
+        if len(ids) <= room:
+            return ids, True
+    if len(fields) > 1:
+        return ids[:room], True                       # the first field alone: keep its start
+    head = (room + 1) // 2
+    return ids[:head] + ids[len(ids) - (room - head):], True
+
+
 def encode_seq2seq(tok, source: str, target: str | None, n_ctx: int):
     """ids = <bos> source <sep> [target <eos>]; labels -100 on everything but target and <eos>.
-    The source is cut from the left if the pair does not fit in n_ctx."""
-    src = tok.encode(source)
+    If the pair does not fit in n_ctx, the source is cut by `fit_source` (whole fields from
+    its end), the same way in training as at generation time."""
     tgt = tok.encode(target) + [tok.eos_id] if target is not None else []
     room = n_ctx - 2 - len(tgt)
     if room < 1:
         tgt = tgt[:n_ctx - 3]
         room = 1
-    src = src[-room:]
+    src, _ = fit_source(tok, source, room)
     ids = [tok.bos_id] + src + [tok.sep_id] + tgt
     labels = [-100] * (len(src) + 2) + tgt
     return ids, labels
@@ -148,22 +231,48 @@ def soft_prompt_length(model) -> int:
     return sum(cfgs[n].num_virtual_tokens for n in model.active_adapters if isinstance(cfgs[n], PromptConfig))
 
 
-def generate_targets(model, tok, examples, max_new_tokens: int = 60, method: str = "greedy",
-                     num_beams: int = 4) -> list:
-    """Decode a target text for every example from `<bos> source <sep>`."""
+def generation_prompts(model, tok, examples, max_new_tokens: int) -> tuple[list, int]:
+    """`<bos> source <sep>` token ids for every example, and how many sources had to be cut
+    (by `fit_source`) so that soft prompt + prompt + max_new_tokens fit in the model's n_ctx."""
+    room = model.config.n_ctx - soft_prompt_length(model) - max_new_tokens - 2
+    prompts, n_cut = [], 0
+    for e in examples:
+        src, cut = fit_source(tok, e.source, max(room, 1))
+        prompts.append([tok.bos_id] + src + [tok.sep_id])
+        n_cut += cut
+    return prompts, n_cut
+
+
+def _decode(model, tok, prompts, max_new_tokens, method, num_beams=4) -> list:
     from .generate import generate
-    room = model.config.n_ctx - soft_prompt_length(model) - max_new_tokens
-    prompts = [encode_seq2seq(tok, e.source, None, room)[0] for e in examples]
     outs = generate(model, prompts, max_new_tokens=max_new_tokens, method=method, eos_id=tok.eos_id,
                     num_beams=num_beams)
     return [tok.decode([t for t in o if t != tok.eos_id]).strip() for o in outs]
 
 
+def generate_targets(model, tok, examples, max_new_tokens: int = 60, method: str = "greedy",
+                     num_beams: int = 4) -> list:
+    """Decode a target text for every example from `<bos> source <sep>`."""
+    prompts, _ = generation_prompts(model, tok, examples, max_new_tokens)
+    return _decode(model, tok, prompts, max_new_tokens, method, num_beams)
+
+
 def evaluate_generation(model, tok, examples, max_new_tokens: int = 60, method: str = "greedy") -> dict:
-    """BLEU (sacrebleu, all references) and ROUGE-L (max over references) of decoded targets."""
-    hyps = generate_targets(model, tok, examples, max_new_tokens, method)
+    """BLEU (sacrebleu, all references) and ROUGE-L (max over references) of decoded targets,
+    and `sources_cut`: how many of the sources were too long for the context and were cut (see
+    fit_source), so that a score on cut sources does not pass for one on whole ones. Every
+    example must have a reference; one that has none is an error naming it."""
+    bare = [e for e in examples if not e.refs]
+    if bare:
+        names = "; ".join(e.origin or repr(e.source) for e in bare[:5])
+        raise ValueError(f"{len(bare)} of {len(examples)} examples have no reference and cannot be "
+                         f"scored: {names}{' ...' if len(bare) > 5 else ''}. Load the split with "
+                         "load_task(..., labelled=True), which skips them and says how many")
+    prompts, n_cut = generation_prompts(model, tok, examples, max_new_tokens)
+    hyps = _decode(model, tok, prompts, max_new_tokens, method)
     refs = [e.refs for e in examples]
-    return {"bleu": corpus_bleu(hyps, refs), "rouge_l": rouge_l(hyps, refs), "outputs": hyps}
+    return {"bleu": corpus_bleu(hyps, refs), "rouge_l": rouge_l(hyps, refs), "sources_cut": n_cut,
+            "outputs": hyps}
 
 
 def dev_loss(model, batches) -> float:
@@ -272,9 +381,12 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
              lr: float | None = None, train_size: int | None = None, eval_size: int = 100,
              eval_every: int = 100, patience: int | None = None, out_dir: str | None = None,
              seed: int = 0, progress: bool = True, show: int = 0, verbose: bool = True,
-             processes: int = 1) -> FinetuneResult:
+             processes: int = 1, data_dir: str | None = None) -> FinetuneResult:
     """Fine-tune a shipped model on `task` with `peft_config`; keep and save the best adapter.
-    processes > 1: train data-parallel (see train.fit and minipeft.parallel)."""
+    processes > 1: train data-parallel (see train.fit and minipeft.parallel).
+    data_dir: read the task's train and dev splits from this folder (laid out like data/, e.g.
+    DIR/e2e/train.csv, or with the real releases' file names; see SPLIT_FILES) instead of the
+    shipped data/."""
     from .data.tokenizer import load_default
     from .peft import apply
     from .peft.api import method_of
@@ -283,14 +395,14 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
     from .parallel import check_supported
     processes = check_supported(processes)          # before loading anything
     method = method_of(peft_config)
+    train = load_task(task, "train", data_dir)[:train_size]     # a missing file fails fast
+    dev = load_task(task, "dev", data_dir)[:eval_size]
     backend.manual_seed(seed)
     tok = load_default()
     is_cls, is_lm = task in CLS_TASKS, task == "sst2-lm"
     default_model = "bert-m" if task == "sst2" else "gpt2-m"
     n_labels = 2 if task == "sst2" else 0
     model = load_pretrained(model_name or default_model, n_labels=n_labels)
-    train = load_task(task, "train")[:train_size]
-    dev = load_task(task, "dev")[:eval_size]
     pm = apply(model, peft_config)
     lr = lr if lr is not None else DEFAULT_LR.get(peft_config.method, 1e-3)
     n_ctx = model.config.n_ctx - soft_prompt_length(pm)     # a soft prompt takes positions too
@@ -361,7 +473,9 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
 
 
 def _fmt(metrics: dict) -> str:
-    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+    """`bleu 0.1234, rouge_l 0.5678, sources_cut 3`: the numbers of an evaluation."""
+    return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in metrics.items() if isinstance(v, (int, float)))
 
 
 def config_from_args(a):
@@ -390,6 +504,6 @@ def finetune_cli(a) -> None:
     res = finetune(a.task, cfg, a.model, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                    train_size=a.train_size, eval_size=a.eval_size, eval_every=a.eval_every,
                    patience=a.patience, out_dir=a.out, seed=a.seed, progress=not a.quiet, show=3,
-                   processes=a.processes)
+                   processes=a.processes, data_dir=a.data)
     for src, b, c in res.examples:
         print(f"\n{src}\n  before: {b}\n  after:  {c}")

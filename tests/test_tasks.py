@@ -28,7 +28,8 @@ def test_loss_counts_only_target_tokens_and_eos(tok):
     assert labels == [-100] * (len(src) + 2) + tgt + [tok.eos_id]
 
 
-def test_long_sources_are_cut_from_the_left_to_fit(tok):
+def test_long_sources_are_cut_to_fit(tok):
+    # how they are cut (whole fields from the end, not tokens from the left): test_real_data_tasks
     source = " ".join(["word"] * 200)
     ids, labels = tasks.encode_seq2seq(tok, source, "short.", n_ctx=32)
     assert len(ids) == 32 and len(labels) == 32
