@@ -35,6 +35,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import warnings
 import xml.etree.ElementTree as ET
 import xml.parsers.expat as expat
@@ -342,17 +343,21 @@ def _parse_xml(path) -> tuple[ET.Element, dict]:
 
 def _xml_error(e: expat.ExpatError, data: bytes, path) -> DataFormatError:
     """A DataFormatError for an expat error, saying why when the cause is a common one: a file
-    that is not UTF-8 and does not say so, or a file that ends too early."""
-    if b"encoding=" not in data[:200]:
+    that is not in the encoding it declares (UTF-8 when it declares none), or a file that ends
+    too early."""
+    declared = re.match(rb"""<\?xml[^>]*encoding=["']([A-Za-z0-9._-]+)["']""", data)
+    encoding = declared.group(1).decode("ascii") if declared else None
+    if encoding is None or encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
         try:
             data.decode("utf-8")
         except UnicodeDecodeError as u:
             line = data.count(b"\n", 0, u.start) + 1
+            says = "but declares UTF-8" if encoding else "and declares no encoding"
             return DataFormatError(
-                f"the file is not UTF-8 and declares no encoding: byte 0x{data[u.start]:02x} at "
-                f"byte offset {u.start} cannot be decoded. Add the declaration it is written in "
-                "(e.g. <?xml version=\"1.0\" encoding=\"ISO-8859-1\"?>) or convert it with "
-                f"`iconv -f latin1 -t utf-8 {os.fspath(path)} > converted.xml`", path, line)
+                f"the file is not UTF-8 {says}: byte 0x{data[u.start]:02x} at byte offset "
+                f"{u.start} cannot be decoded. Declare the encoding it is written in (e.g. "
+                "<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?>) or convert it with `iconv -f "
+                f"latin1 -t utf-8 {os.fspath(path)} > converted.xml`", path, line)
     problem = f"not well-formed XML: {expat.ErrorString(e.code)} (column {e.offset + 1})"
     at_end = e.lineno >= data.count(b"\n") and e.code in (
         expat.errors.codes[expat.errors.XML_ERROR_NO_ELEMENTS],
