@@ -118,7 +118,7 @@ def test_xml_not_utf8_without_declaration_says_where_and_how_to_convert():
     with pytest.raises(DataFormatError) as err:
         F.read_webnlg_xml(FIX / "webnlg_latin1_undeclared.xml")
     msg = str(err.value)
-    assert "webnlg_latin1_undeclared.xml line 6: the file is not UTF-8 but declares no " \
+    assert "webnlg_latin1_undeclared.xml line 6: the file is not UTF-8 and declares no " \
            "encoding: byte 0xe9 at byte offset" in msg
     assert 'encoding="ISO-8859-1"' in msg and "iconv -f latin1 -t utf-8" in msg
 
@@ -126,8 +126,8 @@ def test_xml_not_utf8_without_declaration_says_where_and_how_to_convert():
 def test_xml_declaring_utf8_but_written_in_latin1(tmp_path):
     data = (FIX / "webnlg_iso8859.xml").read_bytes().replace(b"ISO-8859-1", b"UTF-8")
     (tmp_path / "w.xml").write_bytes(data)
-    with pytest.raises(DataFormatError, match="w.xml line 6: the file is not UTF-8 but says it "
-                                              "is UTF-8: byte 0xe9 at byte offset"):
+    with pytest.raises(DataFormatError, match="w.xml line 6: the file is not UTF-8 but declares "
+                                              "UTF-8: byte 0xe9 at byte offset"):
         F.read_webnlg_xml(tmp_path / "w.xml")
 
 
