@@ -304,6 +304,19 @@ def scatter_add(target, indices, values):
     return target
 
 
+def erf(a):
+    """The error function, elementwise: erf(x) = 2/sqrt(pi) * integral_0^x exp(-t^2) dt.
+
+    NumPy has no erf (it has exp and tanh); SciPy's and CuPy's are ufuncs accurate to the last bit
+    of float64, which a hand-written series would have to earn. Used by the exact GELU (BERT).
+    """
+    if name == "cupy":
+        from cupyx.scipy.special import erf as _erf
+    else:
+        from scipy.special import erf as _erf
+    return _erf(a)
+
+
 # ----------------------------------------------------------------------------- host memory
 
 def keep_freed_memory(keep: bool = True) -> bool:

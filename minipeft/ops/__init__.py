@@ -1,7 +1,7 @@
 """Differentiable ops, by family. Import them from here: `from minipeft import ops; ops.gelu(x)`.
 
 basic.py        arithmetic with broadcasting, matmul, reductions, reshape/permute, indexing, concat/split
-activations.py  exp, log, tanh, sigmoid, relu, GELU (tanh), softmax, log-softmax
+activations.py  exp, log, tanh, sigmoid, relu, GELU (tanh and exact erf), softmax, log-softmax
 fused.py        linear, layer norm, softmax cross-entropy, embedding, dropout, masked fill, attention
 """
 from .basic import (add, sub, mul, div, neg, pow, matmul, sum, mean, max, reshape, permute,

@@ -1,6 +1,6 @@
 """Pointwise nonlinearities and the softmax family, each with a hand-written backward.
 
-GELU, softmax and log-softmax are fused: one Function each, backward written out, instead of a
+GELU (tanh and exact erf), softmax and log-softmax are fused: one Function each, backward written out, instead of a
 graph of small ops (faster and numerically stable).
 """
 from __future__ import annotations
@@ -133,6 +133,30 @@ class GELU(Function):
         return d
 
 
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+class GELUErf(Function):
+    """GELU, exact (BERT, "gelu" in a Hugging Face config): gelu(x) = x Phi(x), with Phi the
+    standard normal CDF,  Phi(x) = (1 + erf(x / sqrt 2)) / 2.
+
+    d gelu/dx = Phi(x) + x phi(x),   phi(x) = exp(-x^2 / 2) / sqrt(2 pi)   (the normal density).
+    The tanh form (`GELU`) differs from it by up to 4.7e-4 (tests/ops/test_activations.py)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        Phi = 0.5 * (1.0 + backend.erf(x * _INV_SQRT2))     # Phi(x)
+        ctx.save_for_backward(x, Phi)
+        return x * Phi                                        # gelu(x) = x Phi(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, Phi = ctx.saved
+        phi = backend.xp.exp(-0.5 * x * x) * _INV_SQRT_2PI   # phi(x)
+        return g * (Phi + x * phi)                            # d gelu/dx = Phi + x phi
+
+
 class Softmax(Function):
     @staticmethod
     def forward(ctx, x, axis=-1):
@@ -175,6 +199,12 @@ def log(a): return Log.apply(a)
 def tanh(a): return Tanh.apply(a)
 def sigmoid(a): return Sigmoid.apply(a)
 def relu(a): return ReLU.apply(a)
-def gelu(a): return GELU.apply(a)
+def gelu(a, approximate: str = "tanh"):
+    """GELU: approximate="tanh" (GPT-2, minipeft's shipped models) or "none" (the exact erf form, BERT)."""
+    if approximate == "tanh":
+        return GELU.apply(a)
+    if approximate == "none":
+        return GELUErf.apply(a)
+    raise ValueError(f"gelu(approximate={approximate!r}): expected 'tanh' or 'none' (exact erf)")
 def softmax(a, axis=-1): return Softmax.apply(a, axis=axis)
 def log_softmax(a, axis=-1): return LogSoftmax.apply(a, axis=axis)

@@ -31,12 +31,18 @@ def gelu_tanh(x):
     return 0.5 * x * (1 + numpy.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
 
 
+def gelu_erf(x):
+    """GELU, exact: x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)), erf from Python's math module."""
+    return 0.5 * x * (1 + numpy.vectorize(math.erf)(x / math.sqrt(2)))
+
+
 POINTWISE = {
     "exp": (ops.exp, numpy.exp, {}),
     "log": (ops.log, numpy.log, {"low": 0.2, "high": 3.0}),
     "tanh": (ops.tanh, numpy.tanh, {"scale": 2.0}),
     "sigmoid": (ops.sigmoid, lambda x: 1 / (1 + numpy.exp(-x)), {"scale": 3.0}),
     "gelu": (ops.gelu, gelu_tanh, {"scale": 2.0}),
+    "gelu_erf": (lambda x: ops.gelu(x, approximate="none"), gelu_erf, {"scale": 3.0}),
 }
 
 
@@ -93,9 +99,23 @@ def test_sigmoid_of_large_values_does_not_overflow(backend, dtype):
 def test_gelu_is_close_to_the_exact_erf_gelu(backend, rand):
     x = rand(200, scale=3.0)
     X = x.numpy()
-    exact = 0.5 * X * (1 + numpy.vectorize(math.erf)(X / math.sqrt(2)))
-    err = numpy.abs(ops.gelu(x).numpy() - exact).max()
-    assert err < 1e-3, f"the tanh approximation is off the erf GELU by {err}"
+    err = numpy.abs(ops.gelu(x).numpy() - gelu_erf(X)).max()
+    assert 1e-5 < err < 1e-3, f"the tanh approximation is off the erf GELU by {err}"
+    with pytest.raises(ValueError, match="expected 'tanh' or 'none'"):
+        ops.gelu(x, approximate="erf")
+
+
+def test_exact_gelu_closed_form_derivative_and_float32(backend, rand):
+    x = rand(9, scale=3.0)
+    X = x.numpy()
+    density = numpy.exp(-X ** 2 / 2) / math.sqrt(2 * math.pi)
+    ops.gelu(x, approximate="none").sum().backward()
+    close(x.grad, 0.5 * (1 + numpy.vectorize(math.erf)(X / math.sqrt(2))) + X * density,
+          "d gelu_erf/dx = Phi + x phi", rtol=1e-12)
+    x32 = from_host(backend, X, dtype=numpy.float32)
+    y32 = ops.gelu(x32, approximate="none")
+    assert y32.dtype == numpy.float32, y32.dtype
+    close(y32, gelu_erf(X), "float32 exact gelu", rtol=1e-6, atol=1e-6)
 
 
 def test_gelu_closed_form_derivative(backend, rand):
