@@ -148,6 +148,16 @@ class Tokenizer:
     """
 
     def __init__(self, hf_tokenizer, special_tokens: dict[str, str] | None = None):
+        # A tokenizer.json may carry its own padding and truncation (many do: fixed padding to 128,
+        # truncation to 512). Left on, `encode_batch` would pad every row and cut long texts without
+        # a word. This wrapper pads, cuts and builds the attention mask itself, so it switches both
+        # off on a copy (the caller's object is left as it was) and keeps what they were, to read.
+        from tokenizers import Tokenizer as HFTokenizer
+        self.source_padding, self.source_truncation = hf_tokenizer.padding, hf_tokenizer.truncation
+        if self.source_padding is not None or self.source_truncation is not None:
+            hf_tokenizer = HFTokenizer.from_str(hf_tokenizer.to_str())
+            hf_tokenizer.no_padding()
+            hf_tokenizer.no_truncation()
         self.hf = hf_tokenizer
         vocab = hf_tokenizer.get_vocab(with_added_tokens=True)
         # rows an embedding table needs: every id must be < vocab_size

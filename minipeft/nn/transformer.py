@@ -9,6 +9,10 @@ arch="bert": bidirectional encoder, BERT layout (Devlin et al. 2019)
     x = ln_emb(wte[ids] + wpe[pos] + wtt[types])
     per block:  x = ln_1(x + attn(x));  x = ln_2(x + mlp(x))          (post-LN)
     MLM head: logits = ln_mlm(gelu(mlm_dense(h))) wte^T + mlm_bias;  pooled = tanh(pooler(h[:, 0]))
+    (the MLM head is optional: config.mlm_head=False for an encoder such as Hugging Face's BertModel)
+
+GELU is the tanh approximation (GPT-2) or the exact erf form (BERT): config.gelu. Checkpoints of
+Hugging Face BERT and GPT-2 load into this class exactly: see minipeft/hf.py.
 
 Attention has separate q, k, v, o projections with biases (so LoRA can target "q" and "v"), and
 accepts per-layer prefix key/value rows (prefix tuning) and a key/value cache (generation).
@@ -39,7 +43,11 @@ class TransformerConfig:
     n_types: int = 2            # token types (bert only)
     n_labels: int = 0           # > 0 adds a classification head `cls_head`
     dropout: float = 0.0        # on embeddings and on each residual branch
-    ln_eps: float = 1e-5
+    ln_eps: float = 1e-5        # layer-norm epsilon (GPT-2 1e-5, BERT 1e-12)
+    gelu: str = "tanh"          # "tanh" approximation (GPT-2) or "none": the exact erf GELU (BERT)
+    mlm_head: bool = True       # bert only: False for an encoder without the MLM head (BertModel)
+    pooling: str = "default"    # one vector per sequence: "default" ([CLS] + pooler for bert, the
+                                # last real token for gpt2) or "mean" (mean over real tokens)
     tie_embeddings: bool = True
     pad_id: int = 0
     extra: dict = field(default_factory=dict)  # free-form notes (e.g. tokenizer path), kept in config.json
@@ -52,6 +60,10 @@ class TransformerConfig:
                 raise ValueError(f"TransformerConfig.{k} must be positive, got {getattr(self, k)}")
         if self.d_model % self.n_head:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
+        if self.gelu not in ("tanh", "none"):
+            raise ValueError(f"TransformerConfig.gelu must be 'tanh' or 'none' (exact erf), got {self.gelu!r}")
+        if self.pooling not in ("default", "mean"):
+            raise ValueError(f"TransformerConfig.pooling must be 'default' or 'mean', got {self.pooling!r}")
         if self.d_ff == 0:
             self.d_ff = 4 * self.d_model
 
@@ -106,14 +118,15 @@ class SelfAttention(Module):
 
 
 class MLP(Module):
-    """fc: d -> d_ff, GELU (tanh), proj: d_ff -> d."""
+    """fc: d -> d_ff, GELU (tanh or exact, cfg.gelu), proj: d_ff -> d."""
 
     def __init__(self, cfg: TransformerConfig):
         self.fc = Linear(cfg.d_model, cfg.d_ff)
         self.proj = Linear(cfg.d_ff, cfg.d_model)
+        self.gelu = cfg.gelu
 
     def forward(self, x):
-        return self.proj(ops.gelu(self.fc(x)))
+        return self.proj(ops.gelu(self.fc(x), self.gelu))
 
 
 class Block(Module):
@@ -148,9 +161,10 @@ class Transformer(Module):
         if cfg.arch == "gpt2":
             self.ln_f = LayerNorm(cfg.d_model, cfg.ln_eps)
         else:
-            self.mlm_dense = Linear(cfg.d_model, cfg.d_model)
-            self.mlm_ln = LayerNorm(cfg.d_model, cfg.ln_eps)
-            self.mlm_bias = Parameter(backend.xp.zeros(cfg.vocab_size, dtype=backend.default_dtype()))
+            if cfg.mlm_head:
+                self.mlm_dense = Linear(cfg.d_model, cfg.d_model)
+                self.mlm_ln = LayerNorm(cfg.d_model, cfg.ln_eps)
+                self.mlm_bias = Parameter(backend.xp.zeros(cfg.vocab_size, dtype=backend.default_dtype()))
             self.pooler = Linear(cfg.d_model, cfg.d_model)
         if not cfg.tie_embeddings:
             self.lm_head = Linear(cfg.d_model, cfg.vocab_size, bias=False)
@@ -239,12 +253,31 @@ class Transformer(Module):
         """(B, T, d) -> (B, T, V). gpt2: tied output embedding; bert: the MLM head."""
         w = self.lm_head.weight if not self.config.tie_embeddings else self.wte.weight
         if self.config.arch == "bert":
-            h = self.mlm_ln(ops.gelu(self.mlm_dense(h)))
+            if not self.config.mlm_head:
+                raise ValueError("this encoder has no MLM head (config.mlm_head=False: it was loaded "
+                                 "from a BertModel checkpoint); use encode / pooled / classify")
+            h = self.mlm_ln(ops.gelu(self.mlm_dense(h), self.config.gelu))
             return ops.linear(h, w, self.mlm_bias)
         return ops.linear(h, w)
 
+    def mean_pooled(self, h, attention_mask=None):
+        """Mean of the hidden states over the real tokens (sentence-transformers' pooling):
+        (B, T, d) -> (B, d).  m = attention_mask (B, T);  pooled_b = sum_t m_bt h_bt / sum_t m_bt."""
+        if attention_mask is None:
+            return h.mean(axis=1)
+        m = backend.to_device(attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask)
+        m = m.astype(h.dtype)                                        # (B, T)
+        if m.shape[1] < h.shape[1]:                                  # soft-prompt rows count as real
+            pad = backend.xp.ones((m.shape[0], h.shape[1] - m.shape[1]), dtype=h.dtype)
+            m = backend.xp.concatenate([pad, m], axis=1)
+        counts = backend.xp.maximum(m.sum(axis=1, keepdims=True), 1.0)  # (B, 1), never 0
+        return (h * Tensor(m[:, :, None])).sum(axis=1) / Tensor(counts)  # (B, d)
+
     def pooled(self, h, attention_mask=None):
-        """One vector per sequence: bert tanh(pooler(h[:, 0])) ([CLS]); gpt2 the last real token."""
+        """One vector per sequence: config.pooling "mean" -> mean_pooled; "default" -> bert
+        tanh(pooler(h[:, 0])) ([CLS]), gpt2 the last real token."""
+        if self.config.pooling == "mean":
+            return self.mean_pooled(h, attention_mask)
         if self.config.arch == "bert":
             return ops.tanh(self.pooler(h[:, 0]))
         B, T = h.shape[0], h.shape[1]
