@@ -146,7 +146,9 @@ class GELUErf(Function):
 
     @staticmethod
     def forward(ctx, x):
-        Phi = 0.5 * (1.0 + backend.erf(x * _INV_SQRT2))     # Phi(x)
+        Phi = backend.erf(x * _INV_SQRT2)
+        Phi += 1.0
+        Phi *= 0.5                                            # Phi(x) = (1 + erf(x / sqrt 2)) / 2
         ctx.save_for_backward(x, Phi)
         return x * Phi                                        # gelu(x) = x Phi(x)
 
