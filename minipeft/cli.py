@@ -181,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("finetune", help="fine-tune a shipped model on a task with a PEFT method")
     f.add_argument("--method", required=True, help="full, bitfit, lora, adapter, prefix, prompt")
     f.add_argument("--task", required=True, help="e2e, webnlg, sst2")
-    f.add_argument("--model", default=None, help="shipped preset or checkpoint dir (default: gpt2-m; bert-m for sst2)")
+    f.add_argument("--model", default=None, help="shipped preset, checkpoint dir, Hugging Face folder or minilm-l6 "
+                   "(default: gpt2-m; bert-m for sst2)")
     f.add_argument("--steps", type=int, default=300)
     f.add_argument("--batch-size", type=int, default=16)
     f.add_argument("--lr", type=float, default=None, help="default depends on the method")

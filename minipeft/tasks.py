@@ -387,7 +387,7 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
     data_dir: read the task's train and dev splits from this folder (laid out like data/, e.g.
     DIR/e2e/train.csv, or with the real releases' file names; see SPLIT_FILES) instead of the
     shipped data/."""
-    from .data.tokenizer import load_default
+    from .hf import load_pretrained as load_model_and_tokenizer
     from .peft import apply
     from .peft.api import method_of
     if task not in GEN_TASKS + CLS_TASKS:
@@ -398,11 +398,11 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
     train = load_task(task, "train", data_dir)[:train_size]     # a missing file fails fast
     dev = load_task(task, "dev", data_dir)[:eval_size]
     backend.manual_seed(seed)
-    tok = load_default()
     is_cls, is_lm = task in CLS_TASKS, task == "sst2-lm"
     default_model = "bert-m" if task == "sst2" else "gpt2-m"
     n_labels = 2 if task == "sst2" else 0
-    model = load_pretrained(model_name or default_model, n_labels=n_labels)
+    # a shipped preset, a minipeft checkpoint, a Hugging Face folder or "minilm-l6": each with its tokenizer
+    model, tok = load_model_and_tokenizer(model_name or default_model, n_labels=n_labels)
     pm = apply(model, peft_config)
     lr = lr if lr is not None else DEFAULT_LR.get(peft_config.method, 1e-3)
     n_ctx = model.config.n_ctx - soft_prompt_length(pm)     # a soft prompt takes positions too
@@ -455,7 +455,8 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
     # reload the best adapter (the last step is not necessarily the best)
     if hist.best is not None and hist.best["step"] != steps and peft_config.method not in ("full", "bitfit"):
         from .peft import PeftModel
-        pm = PeftModel.from_pretrained(load_pretrained(model_name or default_model, n_labels=n_labels), out_dir)
+        pm = PeftModel.from_pretrained(load_model_and_tokenizer(model_name or default_model, n_labels=n_labels)[0],
+                                       out_dir)
     pm.eval()
     with no_grad():
         after = evaluate(pm)

