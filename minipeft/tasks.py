@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from . import backend, ops
 from .autograd import no_grad
 from .metrics import accuracy, corpus_bleu, macro_f1, matthews_corrcoef, rouge_l
-from .pretrain import DATA, load_pretrained
+from .pretrain import DATA
 from .train import fit
 
 GEN_TASKS = ("e2e", "webnlg")
