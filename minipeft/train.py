@@ -58,14 +58,10 @@ class History:
 
 
 def evaluate(model, eval_fn) -> dict:
-    """Run eval_fn(model) in eval mode without recording a graph; restores the training mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        with no_grad():
-            return dict(eval_fn(model))
-    finally:
-        model.train(was_training)
+    """Run eval_fn(model) in eval mode without recording a graph; every module gets its own
+    training flag back afterwards (Module.eval_mode)."""
+    with model.eval_mode(), no_grad():
+        return dict(eval_fn(model))
 
 
 def fit(model, loss_fn: Callable, batches: Iterable, *, steps: int, lr: float = 3e-4,

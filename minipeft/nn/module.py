@@ -13,6 +13,7 @@ Modules keep no activations on `self`: the autograd graph holds them.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Iterator
 
 from .. import backend
@@ -100,6 +101,20 @@ class Module:
 
     def eval(self) -> "Module":
         return self.train(False)
+
+    @contextmanager
+    def eval_mode(self):
+        """`with model.eval_mode():` runs the block with every module in eval mode (no dropout),
+        then gives each module back the `training` flag it had before, one by one, even if
+        the block raises: a model whose frozen base was in eval mode and whose adapter was
+        training comes back exactly so (a plain `model.train(was_training)` would not)."""
+        saved = [(m, m.training) for m in self.modules()]
+        self.eval()
+        try:
+            yield self
+        finally:
+            for m, flag in saved:
+                m.training = flag
 
     def requires_grad_(self, flag: bool = True) -> "Module":
         for p in self.parameters():

@@ -175,6 +175,26 @@ def test_train_and_eval_propagate_to_every_module(backend):
     assert model.train(False) is model and not model.drop.training
 
 
+def test_eval_mode_restores_each_modules_own_flag(backend):
+    model = tiny(dropout=0.5)
+    model.h[1].eval()                                    # a mixed tree: h.1 in eval, the rest training
+    before = {n: m.training for n, m in model.named_modules()}
+    assert not before["h.1"] and not before["h.1.drop"] and before[""] and before["h.0.drop"]
+    with model.eval_mode() as m:
+        assert m is model
+        assert not any(m.training for m in model.modules()), \
+            [n for n, m in model.named_modules() if m.training]
+    assert {n: m.training for n, m in model.named_modules()} == before
+    with pytest.raises(RuntimeError, match="inside"):    # restored when the block raises too
+        with model.eval_mode():
+            raise RuntimeError("inside")
+    assert {n: m.training for n, m in model.named_modules()} == before
+    model.eval()                                         # all in eval: stays all in eval
+    with model.eval_mode():
+        pass
+    assert not any(m.training for m in model.modules())
+
+
 def test_freeze_requires_grad_and_trainable_counts():
     model = tiny("gpt2")
     d, total = 8, model.num_parameters()
