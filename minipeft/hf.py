@@ -10,7 +10,8 @@
 Nothing here imports torch or transformers: a Hugging Face folder is a JSON config and a safetensors
 file, and loading it is renaming (and, for GPT-2, transposing and splitting) arrays. The names:
 
-  BERT (BertModel; BertForMaskedLM adds the "bert." prefix and the cls.predictions head)
+  BERT (BertModel; BertForMaskedLM adds the "bert." prefix and the cls.predictions head); RoBERTa
+  the same names ("roberta.", lm_head.{dense,layer_norm,bias}), positions counted from pad + 1
     embeddings.{word,position,token_type}_embeddings   wte, wpe, wtt
     embeddings.LayerNorm                               ln_emb
     encoder.layer.{i}.attention.self.{query,key,value} h.{i}.attn.{q,k,v}
@@ -71,16 +72,21 @@ class HFImportError(CheckpointError):
 def config_from_hf(hf: dict, n_labels: int = 0) -> TransformerConfig:
     """A Hugging Face config.json (as a dict) -> TransformerConfig. Refuses what it cannot represent."""
     kind = hf.get("model_type")
-    if kind == "bert":
+    extra = {"hf_model_type": kind}
+    if kind in ("bert", "roberta"):
         if hf.get("position_embedding_type", "absolute") != "absolute":
             raise HFImportError(f"position_embedding_type={hf['position_embedding_type']!r}: minipeft "
                                 f"has learned absolute positions only")
         act = hf.get("hidden_act", "gelu")
-        c = dict(arch="bert", vocab_size=hf["vocab_size"], n_ctx=hf["max_position_embeddings"],
+        pad = hf.get("pad_token_id") or 0
+        # RoBERTa counts positions from pad_token_id + 1 (rows 0..pad of its table are never used by
+        # a real token): minipeft drops those rows, so that its position 0 is RoBERTa's pad + 1
+        offset = pad + 1 if kind == "roberta" else 0
+        extra["hf_position_offset"] = offset
+        c = dict(arch="bert", vocab_size=hf["vocab_size"], n_ctx=hf["max_position_embeddings"] - offset,
                  d_model=hf["hidden_size"], n_layer=hf["num_hidden_layers"],
                  n_head=hf["num_attention_heads"], d_ff=hf["intermediate_size"],
-                 n_types=hf.get("type_vocab_size", 2), ln_eps=hf.get("layer_norm_eps", 1e-12),
-                 pad_id=hf.get("pad_token_id") or 0)
+                 n_types=hf.get("type_vocab_size", 2), ln_eps=hf.get("layer_norm_eps", 1e-12), pad_id=pad)
     elif kind == "gpt2":
         for flag, ok in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
                          ("reorder_and_upcast_attn", False), ("add_cross_attention", False)):
@@ -96,26 +102,33 @@ def config_from_hf(hf: dict, n_labels: int = 0) -> TransformerConfig:
                  pad_id=pad if pad is not None else hf.get("eos_token_id", 0))
     else:
         raise HFImportError(f"model_type {kind!r} is not supported: minipeft reads 'bert' "
-                            f"(BertModel, BertForMaskedLM) and 'gpt2' (GPT2Model, GPT2LMHeadModel)")
+                            f"(BertModel, BertForMaskedLM), 'roberta' (RobertaModel, RobertaForMaskedLM) "
+                            f"and 'gpt2' (GPT2Model, GPT2LMHeadModel)")
     if act not in _ACT:
         raise HFImportError(f"activation {act!r} is not supported; minipeft has {sorted(_ACT)}")
     if not hf.get("tie_word_embeddings", True):
         raise HFImportError("tie_word_embeddings=false: minipeft imports tied input/output embeddings only")
-    return TransformerConfig(**c, gelu=_ACT[act], n_labels=n_labels, dropout=0.0, tie_embeddings=True)
+    return TransformerConfig(**c, gelu=_ACT[act], n_labels=n_labels, dropout=0.0, tie_embeddings=True,
+                             extra=extra)
 
 
 def config_to_hf(cfg: TransformerConfig) -> dict:
     """TransformerConfig -> a Hugging Face config.json dict (the inverse of config_from_hf)."""
     act = "gelu" if cfg.gelu == "none" else "gelu_new"
     if cfg.arch == "bert":
-        arch = "BertForMaskedLM" if cfg.mlm_head else "BertModel"
-        return {"architectures": [arch], "model_type": "bert", "vocab_size": cfg.vocab_size,
-                "hidden_size": cfg.d_model, "num_hidden_layers": cfg.n_layer,
-                "num_attention_heads": cfg.n_head, "intermediate_size": cfg.d_ff, "hidden_act": act,
-                "max_position_embeddings": cfg.n_ctx, "type_vocab_size": cfg.n_types,
-                "layer_norm_eps": cfg.ln_eps, "pad_token_id": cfg.pad_id, "hidden_dropout_prob": cfg.dropout,
-                "attention_probs_dropout_prob": 0.0, "position_embedding_type": "absolute",
-                "tie_word_embeddings": True}
+        kind, offset = _bert_kind(cfg)
+        name = "Roberta" if kind == "roberta" else "Bert"
+        arch = f"{name}ForMaskedLM" if cfg.mlm_head else f"{name}Model"
+        out = {"architectures": [arch], "model_type": kind, "vocab_size": cfg.vocab_size,
+               "hidden_size": cfg.d_model, "num_hidden_layers": cfg.n_layer,
+               "num_attention_heads": cfg.n_head, "intermediate_size": cfg.d_ff, "hidden_act": act,
+               "max_position_embeddings": cfg.n_ctx + offset, "type_vocab_size": cfg.n_types,
+               "layer_norm_eps": cfg.ln_eps, "pad_token_id": cfg.pad_id, "hidden_dropout_prob": cfg.dropout,
+               "attention_probs_dropout_prob": 0.0, "position_embedding_type": "absolute",
+               "tie_word_embeddings": True}
+        if kind == "roberta":
+            out.update(bos_token_id=0, eos_token_id=2)
+        return out
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg.vocab_size,
             "n_embd": cfg.d_model, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_inner": cfg.d_ff,
             "n_positions": cfg.n_ctx, "activation_function": act, "layer_norm_epsilon": cfg.ln_eps,
@@ -125,6 +138,12 @@ def config_to_hf(cfg: TransformerConfig) -> dict:
 
 # ============================================================================= names
 
+def _bert_kind(cfg: TransformerConfig) -> tuple[str, int]:
+    """("bert" or "roberta", position offset) of an encoder config (bert unless imported as roberta)."""
+    kind = cfg.extra.get("hf_model_type", "bert")
+    return ("roberta", int(cfg.extra.get("hf_position_offset", cfg.pad_id + 1))) if kind == "roberta" else ("bert", 0)
+
+
 _BERT_LAYER = {"attention.self.query": "attn.q", "attention.self.key": "attn.k",
                "attention.self.value": "attn.v", "attention.output.dense": "attn.o",
                "attention.output.LayerNorm": "ln_1", "intermediate.dense": "mlp.fc",
@@ -132,7 +151,8 @@ _BERT_LAYER = {"attention.self.query": "attn.q", "attention.self.key": "attn.k",
 _BERT_TOP = {"embeddings.word_embeddings": "wte", "embeddings.position_embeddings": "wpe",
              "embeddings.token_type_embeddings": "wtt", "embeddings.LayerNorm": "ln_emb",
              "pooler.dense": "pooler", "cls.predictions.transform.dense": "mlm_dense",
-             "cls.predictions.transform.LayerNorm": "mlm_ln"}
+             "cls.predictions.transform.LayerNorm": "mlm_ln",
+             "lm_head.dense": "mlm_dense", "lm_head.layer_norm": "mlm_ln"}      # RoBERTa's MLM head
 _GPT2_LAYER = {"ln_1": "ln_1", "ln_2": "ln_2", "attn.c_proj": "attn.o", "mlp.c_fc": "mlp.fc",
                "mlp.c_proj": "mlp.proj"}
 _CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")   # GPT-2 weights stored (d_in, d_out)
@@ -169,17 +189,19 @@ def state_from_hf(hf_state: dict, cfg: TransformerConfig) -> tuple[dict, list]:
         if _BUFFERS.search(key):
             continue
         k = key
-        for prefix in ("bert.", "transformer."):
+        for prefix in ("bert.", "roberta.", "transformer."):
             k = k.removeprefix(prefix)
         module, _, leaf = k.rpartition(".")
         leaf = {"gamma": "weight", "beta": "bias"}.get(leaf, leaf)   # old BERT LayerNorm names
         if cfg.arch == "bert":
-            if k in ("cls.predictions.bias", "cls.predictions.decoder.bias"):
+            if k in ("cls.predictions.bias", "cls.predictions.decoder.bias", "lm_head.bias", "lm_head.decoder.bias"):
                 out["mlm_bias"] = a
                 continue
-            if k == "cls.predictions.decoder.weight":
+            if k in ("cls.predictions.decoder.weight", "lm_head.decoder.weight"):
                 tied.append((key, a))
                 continue
+            if k == "embeddings.position_embeddings.weight":       # RoBERTa: drop the unused rows
+                a = a[_bert_kind(cfg)[1]:]
             target = _bert_module(module)
         else:
             if key == "lm_head.weight":
@@ -213,11 +235,15 @@ def state_to_hf(model: Transformer) -> dict:
     cfg = model.config
     xp = backend.xp
     inv = {}
+    kind, offset = _bert_kind(cfg) if cfg.arch == "bert" else ("gpt2", 0)
     if cfg.arch == "bert":
-        prefix = "bert." if cfg.mlm_head else ""
-        inv.update({v: prefix + k for k, v in _BERT_TOP.items() if not k.startswith("cls.")})
-        inv.update({"mlm_dense": "cls.predictions.transform.dense",
-                    "mlm_ln": "cls.predictions.transform.LayerNorm"})
+        prefix = f"{kind}." if cfg.mlm_head else ""
+        inv.update({v: prefix + k for k, v in _BERT_TOP.items() if k.startswith(("embeddings.", "pooler."))})
+        if kind == "roberta":
+            inv.update({"mlm_dense": "lm_head.dense", "mlm_ln": "lm_head.layer_norm"})
+        else:
+            inv.update({"mlm_dense": "cls.predictions.transform.dense",
+                        "mlm_ln": "cls.predictions.transform.LayerNorm"})
         for i in range(cfg.n_layer):
             inv.update({f"h.{i}.{v}": f"{prefix}encoder.layer.{i}.{k}" for k, v in _BERT_LAYER.items()})
     else:
@@ -229,7 +255,9 @@ def state_to_hf(model: Transformer) -> dict:
     for k, a in state.items():
         module, _, leaf = k.rpartition(".")
         if k == "mlm_bias":
-            out["cls.predictions.bias"] = a
+            out["lm_head.bias" if kind == "roberta" else "cls.predictions.bias"] = a
+        elif k == "wpe.weight" and offset:    # RoBERTa: give back the rows before its first position
+            out[f"{inv['wpe']}.weight"] = xp.concatenate([xp.zeros((offset, a.shape[1]), a.dtype), a])
         elif cfg.arch == "gpt2" and re.fullmatch(r"h\.\d+\.attn\.[qkv]", module):
             continue                                             # joined into c_attn below
         elif module in inv:
@@ -415,7 +443,7 @@ def _hf_module(cfg: TransformerConfig, path: str) -> tuple[str, slice | None]:
     i, sub = m.group(1), m.group(2)
     if cfg.arch == "bert":
         inv = {v: k for k, v in _BERT_LAYER.items()}
-        return f"{'bert.' if cfg.mlm_head else ''}encoder.layer.{i}.{inv[sub]}", None
+        return f"{_bert_kind(cfg)[0] + '.' if cfg.mlm_head else ''}encoder.layer.{i}.{inv[sub]}", None
     if sub in ("attn.q", "attn.k", "attn.v"):
         j = "qkv".index(sub[-1])
         return f"transformer.h.{i}.attn.c_attn", slice(j * d, (j + 1) * d)
