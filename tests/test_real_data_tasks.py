@@ -1,4 +1,4 @@
-"""Fine-tuning tasks on real dataset files (issue 12): `load_task` and `finetune` pointed at a
+"""Fine-tuning tasks on real dataset files: `load_task` and `finetune` pointed at a
 folder laid out like data/ (`minipeft finetune --data DIR`), entries without a reference, and
 sources too long for the context, which are cut where they lose least and counted."""
 from __future__ import annotations

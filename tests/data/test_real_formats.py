@@ -1,4 +1,4 @@
-"""The readers on files shaped like the real releases (issue 12): the cleaned E2E CSV with a
+"""The readers on files shaped like the real releases: the cleaned E2E CSV with a
 repeated attribute, other header names, empty WebNLG references, other encodings, truncated
 files and unlabelled test files. Each either reads correctly or raises one DataFormatError that
 names the file, the line and the problem, and says how to fix it."""

@@ -1,17 +1,18 @@
 """The PEFT API (minipeft/peft/api.py) across methods: LoRA, adapters, BitFit, full fine-tuning.
 
-Each test is one of the things users of PEFT libraries trip over (shared/reference/peft-api.md):
+Each test is one of the things users of PEFT libraries trip over (as reported on the issue trackers
+of Hugging Face peft and AdapterHub adapters):
 - frozen base weights stay bit-identical after training (LoRA, adapters);
 - named adapters: add, switch, delete (parameters and wrappers go), several active at once,
-  clear errors for duplicate and unknown names, names that collide with module names (#5);
-- per-sample routing (#9): a batch with one adapter (or None) per sample equals each sample run
+  clear errors for duplicate and unknown names, names that collide with module names;
+- per-sample routing: a batch with one adapter (or None) per sample equals each sample run
   alone, for LoRA, adapters, a mix, and a routed classification head; in training the gradients
   of a routed batch equal the sum of the per-sample gradients;
 - config validation: every bad field is a ValueError that names it; unknown targets list the
-  names that exist (#6); a failed add leaves nothing behind;
-- save/load: exact reproduction on a fresh base, frozen unless is_trainable=True (#2), the
-  classification head travels with the adapter (#4), wrong model shapes and truncated files give
-  clear errors and leave the model as it was (#5);
+  names that exist; a failed add leaves nothing behind;
+- save/load: exact reproduction on a fresh base, frozen unless is_trainable=True, the
+  classification head travels with the adapter, wrong model shapes and truncated files give
+  clear errors and leave the model as it was;
 - optimizer state is 8 bytes per trainable float32 parameter; every method lowers the loss.
 """
 from __future__ import annotations

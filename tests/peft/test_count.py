@@ -6,9 +6,9 @@
   with and without a classification head in modules_to_save);
 - `print_trainable_parameters()` prints `trainable params: N || all params: M || trainable%: P`
   with HF's denominator (M includes the adapter);
-- `count_params` and the CLI reproduce the published arithmetic (shared/reference/
-  paper-targets.md §6) for the real-size architectures, and bad arguments exit with status 2
-  and one `minipeft: error:` line.
+- `count_params` and the CLI reproduce the published counts (the papers' tables, named in
+  PUBLISHED; Hugging Face's totals in BASE_TOTALS) for the real-size architectures, and bad
+  arguments exit with status 2 and one `minipeft: error:` line.
 """
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ BASE_TOTALS = {"bert-base": 109_482_240, "bert-large": 335_141_888, "roberta-bas
                "roberta-large": 355_359_744, "gpt2": 124_439_808, "gpt2-medium": 354_823_168,
                "gpt2-large": 774_030_080}
 
-PUBLISHED = [  # (arch, method, options, trainable) from paper-targets.md §6
+PUBLISHED = [  # (arch, method, options, trainable), from the LoRA, adapter and BitFit papers
     ("roberta-base", "lora", dict(r=8, targets="q,v"), 294_912),       # LoRA Table 2 "0.3M"
     ("roberta-large", "lora", dict(r=8, targets="q,v"), 786_432),      # "0.8M"
     ("bert-large", "lora", dict(r=8, targets="q,v"), 786_432),
