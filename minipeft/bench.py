@@ -168,8 +168,8 @@ def apply_lora(model):
     try:
         from .peft import LoraConfig, apply
     except ImportError:
-        raise SystemExit("--method lora: LoRA arrives with the PEFT issue (minipeft/peft/lora.py "
-                         "does not exist yet); use --method full") from None
+        raise SystemExit("--method lora needs minipeft.peft, which did not import; "
+                         "use --method full") from None
     return apply(model, LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, target_modules=LORA_TARGETS))
 
 
@@ -498,8 +498,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None,
                    help=f"timed steps after {WARMUP} warm-up steps (default: tiny 20, small 10)")
     p.add_argument("--batch", type=int, default=None,
-                   help="override the config's batch size (e.g. to fill a GPU); the default keeps "
-                        "the config as DESIGN.md fixes it")
+                   help="override the config's batch size (e.g. to fill a GPU); the default is the "
+                        "config's own (tiny 16, small 8)")
     p.add_argument("--warmup", type=int, default=WARMUP, help=f"untimed steps first (default {WARMUP})")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-torch", action="store_true", help="do not time the PyTorch reference")

@@ -51,7 +51,7 @@ def test_cli_lora_or_clear_error():
     try:
         import minipeft.peft  # noqa: F401
     except ImportError:
-        assert proc.returncode != 0 and "LoRA arrives with the PEFT issue" in (proc.stderr + proc.stdout)
+        assert proc.returncode != 0 and "--method lora needs minipeft.peft" in (proc.stderr + proc.stdout)
         return
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)

@@ -108,7 +108,8 @@ class Neg(Function):
 
 
 class Pow(Function):
-    """x ** p for a constant Python number p. (x*x is much faster than x**2: see DESIGN.md.)"""
+    """x ** p for a constant Python number p. Write x*x, not x**2, on a hot path: NumPy's float32
+    power is far slower (x**3 on 1M numbers ~57 ms, x*x*x ~0.9 ms, NumPy 2.4)."""
 
     @staticmethod
     def forward(ctx, a, p):
