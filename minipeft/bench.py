@@ -19,7 +19,7 @@ threads (one per usable core; MINIPEFT_THREADS=1 = one core), or both `--threads
 `--processes N` minipeft instead trains data-parallel (minipeft.parallel): N processes of one
 thread each, one slice of the batch per process, and PyTorch gets N threads. In minipeft
 OpenBLAS multiplies on one thread, and backend.matmul / backend.rows cut the products and the
-fused elementwise work into blocks of rows for minipeft's own pool (see backend.py). Before each
+fused elementwise work into blocks of rows for minipeft's own pool (see cpu.py). Before each
 step the bench pauses 0.15 s (PAUSE_S; not on a GPU), and by default it makes glibc keep freed
 memory (see keep_freed_memory).
 PyTorch's OpenMP threads spin between kernels by default, which makes its many short kernels
@@ -59,7 +59,7 @@ import statistics
 import sys
 import time
 
-from . import backend
+from . import backend, cpu
 from .autograd import Tensor
 from .pretrain import lm_loss  # the model's mean cross-entropy of a batch (for DataParallel)
 
@@ -462,7 +462,7 @@ def _run(*, config, method, backend_name, steps, with_torch, threads, tune_mallo
             "row_threads": backend.get_threads(),   # backend.rows (with processes > 1: the parent's AdamW only)
             "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
             "openblas_num_threads": backend.OPENBLAS_NUM_THREADS,
-            "products_in_blocks": (backend._SPLIT_PRODUCTS and backend.name == "numpy" and backend.get_threads() > 1
+            "products_in_blocks": (cpu.SPLIT_PRODUCTS and backend.name == "numpy" and backend.get_threads() > 1
                                    and dp is None),
             "malloc_tuned": malloc_tuned,
             "numpy_version": numpy.__version__,

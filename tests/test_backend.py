@@ -12,7 +12,7 @@ import numpy
 import pytest
 
 import minipeft
-from minipeft import ops
+from minipeft import cpu, ops
 from minipeft import backend as B
 from minipeft.autograd import Tensor
 
@@ -208,8 +208,8 @@ def test_matmul_adds_the_bias_to_every_row_and_counts_once(backend, monkeypatch,
     # split=True: the product is cut into blocks of rows (on NumPy with several threads); the bias
     # must land on every row of every block, and the product still counts as one
     if split:
-        monkeypatch.setattr(backend, "MIN_PARALLEL_PRODUCT", 0)
-        monkeypatch.setattr(backend, "_SPLIT_PRODUCTS", True)
+        monkeypatch.setattr(cpu, "MIN_PARALLEL_PRODUCT", 0)
+        monkeypatch.setattr(cpu, "SPLIT_PRODUCTS", True)
     saved = backend.get_threads()
     backend.set_threads(3 if split else 1)
     try:

@@ -1,6 +1,6 @@
 """Row-parallel elementwise work (backend.rows): the fused ops, run on blocks of rows in several
 threads, must give the SAME bits as one thread, forward and backward, and still pass float64
-gradient checks. The threshold `backend.MIN_PARALLEL` is set to 0 here, so that even the small
+gradient checks. The threshold `cpu.MIN_PARALLEL` is set to 0 here, so that even the small
 arrays of a test are cut into blocks (odd row counts, more threads than some arrays have rows).
 
 Matrix products cut into blocks of rows (backend.matmul) are the exception: OpenBLAS may pick a
@@ -14,7 +14,7 @@ import numpy
 import pytest
 
 import minipeft
-from minipeft import backend, ops
+from minipeft import backend, cpu, ops
 from minipeft.autograd import Tensor
 from minipeft.gradcheck import gradcheck
 from minipeft.optim import AdamW
@@ -28,7 +28,7 @@ def threaded(monkeypatch):
     Threads only exist on NumPy (on CuPy `rows` makes one call; see the last test), so this
     fixture switches to NumPy, also when the suite runs with MINIPEFT_BACKEND=cupy."""
     minipeft.use("numpy")
-    monkeypatch.setattr(backend, "MIN_PARALLEL", 0)
+    monkeypatch.setattr(cpu, "MIN_PARALLEL", 0)
     saved = backend.get_threads()
 
     def with_threads(n, fn):
@@ -246,9 +246,9 @@ def test_adamw_rejects_a_gradient_of_the_wrong_shape():
 def test_a_bad_minipeft_threads_value_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("MINIPEFT_THREADS", "two")
     with pytest.raises(ValueError, match="MINIPEFT_THREADS='two': expected a positive integer"):
-        backend._default_threads()
+        cpu._default_threads()
     monkeypatch.setenv("MINIPEFT_THREADS", "3")
-    assert backend._default_threads() == 3
+    assert cpu._default_threads() == 3
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])
@@ -314,8 +314,8 @@ def _product(shape_a, shape_b, ta, tb, bias, seed=0):
 def products_in_blocks(threaded, monkeypatch):
     """`threaded`, with every product cut into blocks (threshold 0), also where this process's
     OpenBLAS runs threads of its own (then the blocks are only slower, not wrong)."""
-    monkeypatch.setattr(backend, "MIN_PARALLEL_PRODUCT", 0)
-    monkeypatch.setattr(backend, "_SPLIT_PRODUCTS", True)
+    monkeypatch.setattr(cpu, "MIN_PARALLEL_PRODUCT", 0)
+    monkeypatch.setattr(cpu, "SPLIT_PRODUCTS", True)
     return threaded
 
 
@@ -347,8 +347,8 @@ def test_products_in_blocks_are_the_same_on_every_run(products_in_blocks):
 
 def test_products_are_one_call_when_openblas_threads_itself(threaded, monkeypatch):
     # OPENBLAS_NUM_THREADS > 1 (or an MKL NumPy): BLAS threads the product, minipeft must not
-    monkeypatch.setattr(backend, "MIN_PARALLEL_PRODUCT", 0)
-    monkeypatch.setattr(backend, "_SPLIT_PRODUCTS", False)
+    monkeypatch.setattr(cpu, "MIN_PARALLEL_PRODUCT", 0)
+    monkeypatch.setattr(cpu, "SPLIT_PRODUCTS", False)
     calls = []
     real = numpy.matmul
     monkeypatch.setattr(numpy, "matmul", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -403,7 +403,7 @@ def test_rows_inside_a_block_runs_in_that_thread(threaded):
 
 def test_rows_on_cupy_is_one_call_on_the_whole_arrays(backend, monkeypatch):
     # the backend fixture runs this on NumPy and, with a GPU, on CuPy: on CuPy nothing is split
-    monkeypatch.setattr(backend, "MIN_PARALLEL", 0)
+    monkeypatch.setattr(cpu, "MIN_PARALLEL", 0)
     saved = backend.get_threads()
     backend.set_threads(3)
     try:
