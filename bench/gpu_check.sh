@@ -3,18 +3,23 @@
 # on CuPy side by side with PyTorch on the same GPU. Run from the repository root on a machine with
 # an NVIDIA GPU, CuPy and (for the side-by-side numbers) a CUDA build of PyTorch:
 #
-#     bash bench/gpu_check.sh                 # logs and results go to bench/gpu_out/
-#     OUT=/some/dir bash bench/gpu_check.sh   # or wherever OUT points
+#     bash bench/gpu_check.sh                 # logs and results go to bench/results/gpu-<date>-<commit>/
+#     OUT=/some/dir bash bench/gpu_check.sh   # or wherever OUT points (a folder that is empty or new)
 #
 # It uses the interpreter's own packages (no virtual environment: GPU machines often have no
 # network), pytest-xdist when present (NPROC workers) and pytest-timeout when present.
 # REPEATS=n runs the bench n times over (for medians and spread).
 # Files written: env.txt, suite.log, junit.xml, bench.jsonl (one JSON object per bench run),
-# where.jsonl (bench/gpu_where.py), bench.err, demo.log.
+# where.jsonl (bench/gpu_where.py), bench.err, demo.log; every line of bench.jsonl and where.jsonl
+# is stamped with commit, date and machine (bench/record.py). It refuses a folder that has files.
 set -u
-out=${OUT:-bench/gpu_out}
-mkdir -p "$out"
 py=${PYTHON:-python3}
+out=${OUT:-$($py bench/record.py --path gpu | sed 's/\.jsonl$//')}
+if [ -n "$(ls -A "$out" 2>/dev/null)" ]; then
+  echo "gpu_check.sh: $out is not empty; set OUT to a new folder (results are never overwritten)" >&2
+  exit 2
+fi
+mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
 {
@@ -44,9 +49,11 @@ MINIPEFT_BACKEND=cupy timeout "${SUITE_TIMEOUT:-330}" $py -m pytest "${args[@]}"
 echo "suite: exit $? after $(( $(date +%s) - start )) s"
 tail -n 30 "$out/suite.log"
 
-# 2. the bench: DESIGN.md's configs, then the small config with a batch that gives a GPU work
-bench() { timeout "${BENCH_TIMEOUT:-150}" $py -m minipeft.bench --backend cupy --json "$@" >>"$out/bench.jsonl" 2>>"$out/bench.err" \
-          || echo "bench $* failed (exit $?)" | tee -a "$out/bench.err"; }
+# 2. the bench: the two fixed configs (tiny: batch 16, small: batch 8), then the small config with
+#    a batch that gives a GPU work
+bench() { timeout "${BENCH_TIMEOUT:-150}" $py -m minipeft.bench --backend cupy --json "$@" 2>>"$out/bench.err" \
+            | $py bench/record.py --out "$out/bench.jsonl" >/dev/null
+          [ "${PIPESTATUS[0]}" = 0 ] || echo "bench $* failed (exit ${PIPESTATUS[0]})" | tee -a "$out/bench.err"; }
 for repeat in $(seq "${REPEATS:-1}"); do
   for cfg in tiny small; do
     for method in full lora; do bench --config $cfg --method $method --steps "${STEPS:-30}"; done
@@ -56,7 +63,8 @@ done
 cat "$out/bench.jsonl"
 
 # 3. launch-bound or GPU-bound? (bench/gpu_where.py)
-timeout "${BENCH_TIMEOUT:-150}" $py bench/gpu_where.py --steps 20 --batch 8 64 >"$out/where.jsonl" 2>>"$out/bench.err"
+timeout "${BENCH_TIMEOUT:-150}" $py bench/gpu_where.py --steps 20 --batch 8 64 2>>"$out/bench.err" \
+  | $py bench/record.py --out "$out/where.jsonl" >/dev/null
 cat "$out/where.jsonl"
 
 # 4. the demo (make demo's job) on the GPU

@@ -1,23 +1,21 @@
 """MiniLM (all-MiniLM-L6-v2) on this machine: forward, LoRA step and full step, minipeft beside
 PyTorch + transformers (+ peft) in the same process when they are installed.
 
-    .venv/bin/python bench/minilm.py --out bench/minilm.json            # minipeft alone
-    /tmp/oracle/bin/python bench/minilm.py --out bench/minilm.json      # side by side (an env with torch)
+    .venv/bin/python bench/minilm.py                 # minipeft alone
+    /tmp/oracle/bin/python bench/minilm.py           # side by side (a Python with torch + transformers)
 
 Batch: 32 sequences x 64 tokens, every token real (ids drawn from the vocabulary, seeded), a
 2-label classification head on the mean-pooled hidden states, cross-entropy, AdamW (lr 1e-4).
 LoRA: r = 8, alpha = 16 on q and v, the head trained too. Median of --repeats timed runs after
---warmup untimed ones; the two libraries alternate, one run each, case by case.
+--warmup untimed ones; the two libraries alternate, one run each, case by case. The result is
+appended, stamped with commit, date and machine (bench/record.py), to --out (default
+bench/results/minilm-<date>-<commit>.jsonl).
 """
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -28,6 +26,9 @@ import minipeft  # noqa: E402  (first: it sets the BLAS threads before NumPy loa
 from minipeft import hf, ops  # noqa: E402
 from minipeft.optim import AdamW  # noqa: E402
 from minipeft.peft import LoraConfig, get_peft_model  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import record  # noqa: E402  (bench/record.py)
 
 import numpy as np  # noqa: E402
 
@@ -115,7 +116,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--out", default=None, help="append the result (JSON) to this file")
+    ap.add_argument("--out", default=None,
+                    help="append the result (JSON) here (default: bench/results/minilm-<date>-<commit>.jsonl)")
     a = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     ids = rng.integers(1000, 30000, (B, T)).astype(np.int64)
@@ -127,9 +129,8 @@ def main(argv=None):
         theirs, torch_version = torch_cases(ids, mask, labels)
     except ImportError as e:
         theirs, torch_version = {}, f"not installed ({e.name})"
-    result = {"date": datetime.date.today().isoformat(), "commit": _commit(), "machine": platform.processor()
-              or platform.machine(), "cores": os.cpu_count(), "numpy": np.__version__, "torch": torch_version,
-              "batch": [B, T], "repeats": a.repeats, "cases": {}}
+    result = {"numpy": np.__version__, "torch": torch_version, "batch": [B, T], "repeats": a.repeats,
+              "cases": {}}                    # record.append adds commit, date and machine
     for case in ours:
         sides = {"minipeft": ours[case]}
         if case in theirs:
@@ -153,17 +154,9 @@ def main(argv=None):
               (f"   torch {row['torch_s']:.3f} s   ratio {row['ratio']:.2f}" if "torch_s" in row else ""))
     lr = result["cases"]["lora_step"]["minipeft_s"] / result["cases"]["full_step"]["minipeft_s"]
     print(f"LoRA step / full step (minipeft): {lr:.2f}")
-    if a.out:
-        with open(a.out, "a", encoding="utf-8") as f:
-            f.write(json.dumps(result) + "\n")
-
-
-def _commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=ROOT, check=True).stdout.strip()
-    except Exception:  # noqa: BLE001
-        return "unknown"
+    path = a.out or record.default_path("minilm")
+    record.append(path, result)
+    print(f"appended to {path}")
 
 
 if __name__ == "__main__":

@@ -9,16 +9,20 @@ inference forward of the tiny config with LoRA r=8 on q and v, side by side in o
     routed   the batch is split evenly over K adapters, per sample
     split    the same K groups run as K separate smaller batches (what you would do without routing)
 
-    python bench/routing.py [--adapters 4] [--repeats 15] [--json bench/routing.json]
+    python bench/routing.py [--adapters 4] [--repeats 15] [--out FILE]
 
-Medians over --repeats runs, interleaved so that machine noise hits all three alike.
+Medians over --repeats runs, interleaved so that machine noise hits all three alike. The result is
+printed and appended, stamped with commit, date and machine (bench/record.py), to FILE (default
+bench/results/routing-<date>-<commit>.jsonl).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
+import sys
 import time
 
 import minipeft  # before NumPy: it sets OpenBLAS's thread settings, which only count before NumPy loads
@@ -28,13 +32,16 @@ from minipeft.peft import LoraConfig, apply
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import record  # noqa: E402  (bench/record.py)
+
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--adapters", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--backend", default="numpy")
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--out", default=None, help="append the result here (default: bench/results/routing-<date>-<commit>.jsonl)")
     a = ap.parse_args(argv)
     minipeft.use(a.backend)
     backend.manual_seed(0)
@@ -92,10 +99,9 @@ def main(argv=None):
            "split_over_one": {"train": round(med["train_split"] / med["train_one"], 3),
                               "infer": round(med["infer_split"] / med["infer_one"], 3)},
            "machine": f"{platform.processor() or platform.machine()}, numpy {np.__version__}"}
-    print(json.dumps(out, indent=1))
-    if a.json:
-        with open(a.json, "w", encoding="utf-8") as f:
-            json.dump(out, f, indent=1)
+    path = a.out or record.default_path("routing")
+    print(json.dumps(record.append(path, out), indent=1))
+    print(f"appended to {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":
