@@ -52,8 +52,6 @@ def is_grad_enabled() -> bool:
 class Context:
     """What a Function's forward leaves for its backward."""
 
-    freed = False   # set on the placeholder that replaces a context after backward()
-
     def __init__(self, needs_input_grad):
         self.needs_input_grad = needs_input_grad  # tuple of bool, one per positional input
         self.saved = ()
@@ -89,8 +87,7 @@ class Function:
         return result
 
 
-_FREED = Context(())
-_FREED.freed = True   # the graph below a tensor was freed by backward(): a second pass is an error
+_FREED = Context(())   # replaces a context after backward(): its graph was freed, a second pass is an error
 
 
 def _to_array(data, dtype=None):
@@ -182,7 +179,13 @@ class Tensor:
         """Accumulate dL/dx into `.grad` of every leaf tensor x that requires grad.
 
         grad: dL/d(self); defaults to 1 for a scalar. Leaves accumulate across calls
-        (zero them with `optimizer.zero_grad()`). The graph is freed unless retain_graph.
+        (zero them with `optimizer.zero_grad()`).
+        retain_graph: keep the graph (each op's saved arrays) for a second backward through it;
+        by default it is freed as the pass goes, and a second pass is an error. Not every op can
+        go through twice: cross-entropy (ops.cross_entropy, and so the loss of `model(ids,
+        targets)`) turns its saved softmax into the gradient in place, to spare a (tokens x
+        vocabulary) array per step, and refuses a second backward with an error; compute the
+        loss again instead.
         """
         if not self.requires_grad:
             raise RuntimeError("backward() called on a tensor that does not require grad: no input "

@@ -8,7 +8,7 @@ arch="gpt2": causal decoder, GPT-2 layout (Radford et al. 2019)
 arch="bert": bidirectional encoder, BERT layout (Devlin et al. 2019)
     x = ln_emb(wte[ids] + wpe[pos] + wtt[types])
     per block:  x = ln_1(x + attn(x));  x = ln_2(x + mlp(x))          (post-LN)
-    MLM head: logits = ln_mlm(gelu(mlm_dense(h))) wte^T + mlm_bias;  pooled = tanh(pooler(h[:, 0]))
+    MLM head: logits = mlm_ln(gelu(mlm_dense(h))) wte^T + mlm_bias;  pooled = tanh(pooler(h[:, 0]))
     (the MLM head is optional: config.mlm_head=False for an encoder such as Hugging Face's BertModel)
 
 GELU is the tanh approximation (GPT-2) or the exact erf form (BERT): config.gelu. Checkpoints of
