@@ -23,7 +23,7 @@ def count_params(arch: str, method: str, r: int = 8, targets: str = "q,v", size:
                  placement: str = "houlsby", length: int = 10, with_layernorm: bool = False,
                  top_k: int | None = None) -> dict:
     """Trainable and total parameters of a method on a real-size architecture, from formulas alone."""
-    from .peft import api
+    from .peft import registry
     from .peft.count import ARCHS, base_params
     if arch not in ARCHS:
         raise ValueError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}")
@@ -31,19 +31,11 @@ def count_params(arch: str, method: str, r: int = 8, targets: str = "q,v", size:
     base = base_params(cfg, mlm_head=False)
     if method == "none":
         return {"arch": arch, "method": "none", "trainable": 0, "total": base, "base": base}
-    from . import peft
-    configs = {
-        "full": lambda: peft.FullConfig(top_k_layers=top_k),
-        "bitfit": lambda: peft.BitFitConfig(with_layernorm=with_layernorm),
-        "lora": lambda: peft.LoraConfig(r=r, target_modules=tuple(t.strip() for t in targets.split(",") if t.strip())),
-        "adapter": lambda: peft.AdapterConfig(size=size, placement=placement),
-        "prefix": lambda: peft.PrefixConfig(num_virtual_tokens=length),
-        "prompt": lambda: peft.PromptConfig(num_virtual_tokens=length),
-    }
-    if method not in configs:
-        raise ValueError(f"unknown --method {method!r}; choose one of none, {', '.join(configs)}")
-    mcfg = configs[method]()
-    module = api.METHODS[mcfg.method]
+    if method not in registry.names():
+        raise ValueError(f"unknown --method {method!r}; choose one of none, {', '.join(registry.names())}")
+    mcfg = registry.config_from_options(method, r=r, targets=targets, size=size, placement=placement,
+                                        length=length, with_layernorm=with_layernorm, top_k=top_k)
+    module = registry.method_of(mcfg)
     in_place = getattr(module, "EXCLUSIVE", False)           # full, BitFit train base parameters
     f = module.formula(cfg, mcfg, mlm_head=False) if in_place else module.formula(cfg, mcfg)
     added = 0 if in_place else f["kept"]
@@ -128,12 +120,13 @@ def _cmd_finetune(a):
 # ----------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
+    from .peft import registry                     # the --method choices: every registered method
     p = argparse.ArgumentParser(prog="minipeft", description="Parameter-efficient fine-tuning from scratch.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     c = sub.add_parser("count", help="parameter counts of a method on a real-size architecture")
     c.add_argument("--arch", required=True, help="bert-base, bert-large, roberta-base, roberta-large, gpt2, gpt2-medium, gpt2-large")
-    c.add_argument("--method", required=True, help="none, full, bitfit, lora, adapter, prefix, prompt")
+    c.add_argument("--method", required=True, help="none, " + ", ".join(registry.names()))
     c.add_argument("--r", type=int, default=8, help="LoRA rank")
     c.add_argument("--targets", default="q,v", help="LoRA targets, a comma list of q,k,v,o")
     c.add_argument("--size", type=int, default=64, help="adapter bottleneck size m")
@@ -179,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(fn=_cmd_generate)
 
     f = sub.add_parser("finetune", help="fine-tune a shipped model on a task with a PEFT method")
-    f.add_argument("--method", required=True, help="full, bitfit, lora, adapter, prefix, prompt")
+    f.add_argument("--method", required=True, help=", ".join(registry.names()))
     f.add_argument("--task", required=True, help="e2e, webnlg, sst2")
     f.add_argument("--model", default=None, help="shipped preset, checkpoint dir, Hugging Face folder or minilm-l6 "
                    "(default: gpt2-m; bert-m for sst2)")

@@ -224,11 +224,10 @@ def lm_loss(model, batch):
 def soft_prompt_length(model) -> int:
     """Context positions taken by the active soft prompts (prompt tuning) of a PeftModel; 0 otherwise.
     Batches and generation prompts must leave this much room in n_ctx."""
-    from .peft.prompt import PromptConfig
     cfgs = getattr(model, "peft_config", None)
     if not cfgs or getattr(model, "_disabled", False):
         return 0
-    return sum(cfgs[n].num_virtual_tokens for n in model.active_adapters if isinstance(cfgs[n], PromptConfig))
+    return model.context_positions()
 
 
 def generation_prompts(model, tok, examples, max_new_tokens: int) -> tuple[list, int]:
@@ -361,7 +360,12 @@ def evaluate_classification(model, tok, examples, score_fn=head_scores, max_len:
 
 # ----------------------------------------------------------------------------- one fine-tuning run
 
-DEFAULT_LR = {"full": 3e-4, "bitfit": 3e-3, "lora": 3e-3, "adapter": 2e-3, "prefix": 2e-3, "prompt": 3e-2}
+def _default_lr() -> dict:
+    from .peft import METHODS
+    return {name: m.DEFAULT_LR for name, m in METHODS.items()}
+
+
+DEFAULT_LR = _default_lr()      # method -> learning rate, each method file's DEFAULT_LR
 
 
 @dataclass
@@ -389,7 +393,7 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
     shipped data/."""
     from .hf import load_pretrained as load_model_and_tokenizer
     from .peft import apply
-    from .peft.api import method_of
+    from .peft.registry import method_of
     if task not in GEN_TASKS + CLS_TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {GEN_TASKS + CLS_TASKS}")
     from .parallel import check_supported
@@ -404,7 +408,7 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
     # a shipped preset, a minipeft checkpoint, a Hugging Face folder or "minilm-l6": each with its tokenizer
     model, tok = load_model_and_tokenizer(model_name or default_model, n_labels=n_labels)
     pm = apply(model, peft_config)
-    lr = lr if lr is not None else DEFAULT_LR.get(peft_config.method, 1e-3)
+    lr = lr if lr is not None else method.DEFAULT_LR
     n_ctx = model.config.n_ctx - soft_prompt_length(pm)     # a soft prompt takes positions too
 
     if is_cls:
@@ -453,7 +457,7 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
     # counted while training: the best adapter reloaded below comes back frozen (is_trainable=False)
     s = pm.trainable_summary() if pm.peft_config else {"trainable": 0, "total": pm.num_parameters()}
     # reload the best adapter (the last step is not necessarily the best)
-    if hist.best is not None and hist.best["step"] != steps and peft_config.method not in ("full", "bitfit"):
+    if hist.best is not None and hist.best["step"] != steps and not getattr(method, "EXCLUSIVE", False):
         from .peft import PeftModel
         pm = PeftModel.from_pretrained(load_model_and_tokenizer(model_name or default_model, n_labels=n_labels)[0],
                                        out_dir)
@@ -481,23 +485,10 @@ def _fmt(metrics: dict) -> str:
 
 def config_from_args(a):
     """A PEFT config from the `minipeft finetune` options."""
-    from . import peft
-    m = a.method
-    if m == "lora":
-        return peft.LoraConfig(r=a.r, lora_alpha=a.alpha, target_modules=tuple(a.targets.split(",")),
-                               modules_to_save=("cls_head",) if a.task == "sst2" else ())
-    heads = ("cls_head",) if a.task == "sst2" else ()
-    if m == "adapter":
-        return peft.AdapterConfig(size=a.size, placement=a.placement, modules_to_save=heads)
-    if m == "bitfit":
-        return peft.BitFitConfig(modules_to_save=heads)
-    if m == "full":
-        return peft.FullConfig()
-    if m == "prefix":
-        return peft.PrefixConfig(num_virtual_tokens=a.length, modules_to_save=heads)
-    if m == "prompt":
-        return peft.PromptConfig(num_virtual_tokens=a.length, modules_to_save=heads)
-    raise ValueError(f"unknown --method {m!r}; choose one of full, bitfit, lora, adapter, prefix, prompt")
+    from .peft.registry import config_from_options
+    return config_from_options(a.method, r=a.r, alpha=a.alpha, targets=a.targets, size=a.size,
+                               placement=a.placement, length=a.length,
+                               heads=("cls_head",) if a.task == "sst2" else ())
 
 
 def finetune_cli(a) -> None:

@@ -1,19 +1,18 @@
-"""PEFT methods, one file each, behind one API (api.py).
+"""PEFT methods, one file each, behind one API.
 
     from minipeft.peft import apply, LoraConfig
     pm = apply(model, LoraConfig(r=8))
+
+Every file here that defines CONFIG is a method (registry.py: the method contract); its config
+class is importable from this package under its own name (LoraConfig, PrefixConfig, ...).
 """
-from . import adapter, api, bitfit, full, lora, prefix, prompt
-from .api import PeftModel, apply, get_peft_model, routed_sum
-from .adapter import AdapterConfig
-from .bitfit import BitFitConfig
-from .full import FullConfig
-from .lora import LoraConfig
-from .prefix import PrefixConfig
-from .prompt import PromptConfig
+from . import registry
+from .model import PeftModel, apply, get_peft_model
+from .routing import routed_sum
 
-for _m in (lora, adapter, bitfit, full, prefix, prompt):
-    api.METHODS[_m.CONFIG.method] = _m
+METHODS = registry.discover()
+for _m in METHODS.values():
+    globals()[_m.CONFIG.__name__] = _m.CONFIG        # LoraConfig, AdapterConfig, ...
 
-__all__ = ["PeftModel", "apply", "get_peft_model", "routed_sum", "LoraConfig", "AdapterConfig", "BitFitConfig", "FullConfig",
-           "PrefixConfig", "PromptConfig"]
+__all__ = ["PeftModel", "apply", "get_peft_model", "routed_sum", "METHODS"] + \
+    [m.CONFIG.__name__ for m in METHODS.values()]

@@ -27,10 +27,12 @@ from typing import ClassVar
 from .. import backend, ops
 from ..nn.layers import Linear
 from ..nn.module import Module, ModuleDict, Parameter
-from .api import AdapterLayer, block_indices, routed_sum
+from .common import block_indices, check_layers, n_blocks, positive_int, task_heads
+from .routing import AdapterLayer, routed_sum
 
 PLACEMENTS = ("houlsby", "pfeiffer", "parallel")
 ACTIVATIONS = {"relu": ops.relu, "gelu": ops.gelu, "tanh": ops.tanh}
+DEFAULT_LR = 2e-3
 
 
 @dataclass
@@ -46,8 +48,7 @@ class AdapterConfig:
     modules_to_save: tuple = ()
 
     def __post_init__(self):
-        if not isinstance(self.size, int) or self.size < 1:
-            raise ValueError(f"AdapterConfig.size (the bottleneck width m) must be a positive integer, got {self.size!r}")
+        positive_int(self.size, "AdapterConfig.size", "the bottleneck width m")
         if self.placement not in PLACEMENTS:
             raise ValueError(f"AdapterConfig.placement {self.placement!r} does not exist; choose one of {list(PLACEMENTS)}")
         if self.activation is None:
@@ -59,13 +60,14 @@ class AdapterConfig:
         if self.init_scale < 0:
             raise ValueError(f"AdapterConfig.init_scale must be >= 0, got {self.init_scale}")
         self.modules_to_save = tuple(self.modules_to_save)
-        if self.layers is not None:
-            self.layers = tuple(self.layers)
-            if len(set(self.layers)) != len(self.layers):
-                raise ValueError(f"AdapterConfig.layers {list(self.layers)} repeats a layer; list each block once")
+        self.layers = check_layers(self.layers, "AdapterConfig")
 
 
 CONFIG = AdapterConfig
+
+
+def from_options(o) -> AdapterConfig:
+    return AdapterConfig(size=o.size, placement=o.placement, modules_to_save=o.heads)
 
 
 class Bottleneck(Module):
@@ -110,7 +112,7 @@ class ParallelAdapter(AdapterLayer):
 
 def _sites(pm, cfg: AdapterConfig):
     """(path of the module to wrap, wrapper class) for every adapter of the config."""
-    for i in block_indices(pm, cfg.layers, "AdapterConfig"):
+    for i in block_indices(pm.config, cfg.layers, "AdapterConfig"):
         if cfg.placement == "houlsby":
             yield f"h.{i}.attn.o", SequentialAdapter
             yield f"h.{i}.mlp.proj", SequentialAdapter
@@ -140,17 +142,13 @@ def remove(pm, name: str) -> None:
                 m.scaling.pop(name, None)
             if not m.adapters.keys():
                 pm.model.set_submodule(path, m.base_layer)
-    for _, m in list(pm.named_modules()):
-        if isinstance(m, ModuleDict) and name in m:   # task-head copies (modules_to_save)
-            del m[name]
+    pm._remove_generic(name)                          # task-head copies (modules_to_save)
 
 
 def formula(model_cfg, cfg: AdapterConfig) -> dict:
     """(2 m d + d + m) per adapter; houlsby: 2 per block, pfeiffer and parallel: 1 per block."""
     d, m = model_cfg.d_model, cfg.size
     per_block = 2 if cfg.placement == "houlsby" else 1
-    n = (model_cfg.n_layer if cfg.layers is None else len(cfg.layers)) * per_block
-    heads = sum(model_cfg.d_model * model_cfg.n_labels + model_cfg.n_labels
-                for p in cfg.modules_to_save if p == "cls_head")
-    total = n * (2 * m * d + d + m) + heads
+    n = n_blocks(model_cfg, cfg.layers) * per_block
+    total = n * (2 * m * d + d + m) + task_heads(model_cfg, cfg.modules_to_save)
     return {"trainable": total, "kept": total}

@@ -19,10 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .count import head_params
+from .common import task_heads
 
-EXCLUSIVE = True
+EXCLUSIVE = True        # trains the base model's own biases: alone on its model
 CAN_DISABLE = False
+STARTS_AT_BASE = True
+DEFAULT_LR = 3e-3
 
 
 @dataclass
@@ -36,6 +38,10 @@ class BitFitConfig:
 
 
 CONFIG = BitFitConfig
+
+
+def from_options(o) -> BitFitConfig:
+    return BitFitConfig(with_layernorm=o.with_layernorm, modules_to_save=o.heads)
 
 
 def _is_layernorm_gain(pm, path: str) -> bool:
@@ -66,17 +72,6 @@ def state(pm, name: str) -> dict:
     return out
 
 
-def load_state(pm, name: str, st: dict) -> None:
-    from .. import backend
-    for key, p in state(pm, name).items():
-        p.data = backend.to_device(st[key], dtype=p.dtype).copy()
-
-
-def remove(pm, name: str) -> None:
-    raise ValueError("BitFit changed the base model's biases in place; it cannot be deleted. Reload the "
-                     "pretrained checkpoint to get the base model back")
-
-
 def formula(model_cfg, cfg: BitFitConfig, mlm_head: bool = True) -> dict:
     """Biases: L (9d + 2d) + final/embedding LayerNorm shift d + model-specific heads;
     gains (with_layernorm): L * 2d + d. Returns trainable, kept, and the two parts."""
@@ -93,6 +88,6 @@ def formula(model_cfg, cfg: BitFitConfig, mlm_head: bool = True) -> dict:
     if model_cfg.n_labels and "cls_head" not in cfg.modules_to_save:
         linear_bias += model_cfg.n_labels       # cls_head.bias (a bias of the base model)
     n = linear_bias + ln_bias + (ln_gain if cfg.with_layernorm else 0)
-    heads = sum(head_params(model_cfg) for p in cfg.modules_to_save if p == "cls_head")
+    heads = task_heads(model_cfg, cfg.modules_to_save)
     return {"trainable": n + heads, "kept": n + heads, "biases": linear_bias + ln_bias,
             "layernorm_gains": ln_gain if cfg.with_layernorm else 0}

@@ -22,6 +22,8 @@ from .count import base_params, block_params, head_params
 
 EXCLUSIVE = True      # changes base weights: no other adapter on the same model
 CAN_DISABLE = False
+STARTS_AT_BASE = True
+DEFAULT_LR = 3e-4
 
 
 @dataclass
@@ -39,6 +41,10 @@ class FullConfig:
 
 
 CONFIG = FullConfig
+
+
+def from_options(o) -> FullConfig:
+    return FullConfig(top_k_layers=o.top_k)
 
 
 def _layer_of(path: str):
@@ -71,17 +77,6 @@ def add(pm, name: str, cfg: FullConfig) -> None:
 
 def state(pm, name: str) -> dict:
     return {f"base_model.model.{path}": p for path, p in _trained(pm, pm.peft_config.get(name, FullConfig()))}
-
-
-def load_state(pm, name: str, st: dict) -> None:
-    from .. import backend
-    for key, p in state(pm, name).items():
-        p.data = backend.to_device(st[key], dtype=p.dtype).copy()
-
-
-def remove(pm, name: str) -> None:
-    raise ValueError("full fine-tuning changed the base weights; it cannot be deleted. Reload the "
-                     "pretrained checkpoint to get the base model back")
 
 
 def formula(model_cfg, cfg: FullConfig, mlm_head: bool = True) -> dict:

@@ -25,9 +25,12 @@ from typing import ClassVar
 from .. import backend, ops
 from ..nn.layers import Linear
 from ..nn.module import ModuleDict, Parameter
-from .api import AdapterLayer, block_indices, routed_sum
+from .common import block_indices, check_layers, n_blocks, positive_int, task_heads
+from .routing import AdapterLayer, routed_sum
 
 TARGETS = ("q", "k", "v", "o", "fc", "proj")  # Linear layers of a block that LoRA can adapt
+DEFAULT_LR = 3e-3
+STARTS_AT_BASE = True                          # B = 0: B A = 0 at step 0
 
 
 @dataclass
@@ -44,8 +47,7 @@ class LoraConfig:
     def __post_init__(self):
         self.target_modules = tuple([self.target_modules] if isinstance(self.target_modules, str)
                                     else self.target_modules)
-        if not isinstance(self.r, int) or self.r < 1:
-            raise ValueError(f"LoraConfig.r must be a positive integer (the rank), got {self.r!r}")
+        positive_int(self.r, "LoraConfig.r", "the rank")
         if self.lora_alpha <= 0:
             raise ValueError(f"LoraConfig.lora_alpha must be positive, got {self.lora_alpha}")
         if not 0.0 <= self.lora_dropout < 1.0:
@@ -55,10 +57,7 @@ class LoraConfig:
             raise ValueError(f"LoraConfig.target_modules {list(self.target_modules)}: unknown {bad}; "
                              f"the Linear layers that exist in every block are {list(TARGETS)}")
         self.modules_to_save = tuple(self.modules_to_save)
-        if self.layers is not None:
-            self.layers = tuple(self.layers)
-            if len(set(self.layers)) != len(self.layers):
-                raise ValueError(f"LoraConfig.layers {list(self.layers)} repeats a layer; list each block once")
+        self.layers = check_layers(self.layers, "LoraConfig")
 
     @property
     def scaling(self) -> float:
@@ -110,8 +109,13 @@ class LoraLinear(AdapterLayer):
 CONFIG = LoraConfig
 
 
+def from_options(o) -> LoraConfig:
+    return LoraConfig(r=o.r, lora_alpha=o.alpha, target_modules=tuple(t.strip() for t in o.targets.split(",") if t.strip()),
+                      modules_to_save=o.heads)
+
+
 def _targets(pm, cfg: LoraConfig):
-    for i in block_indices(pm, cfg.layers, "LoraConfig"):
+    for i in block_indices(pm.config, cfg.layers, "LoraConfig"):
         for t in cfg.target_modules:
             sub = "attn" if t in ("q", "k", "v", "o") else "mlp"
             yield f"h.{i}.{sub}.{t}"
@@ -133,19 +137,8 @@ def formula(model_cfg, cfg: LoraConfig) -> dict:
     """r (d_in + d_out) per adapted matrix; q/k/v/o are d x d, fc is d -> d_ff, proj d_ff -> d."""
     d, f = model_cfg.d_model, model_cfg.d_ff
     per_layer = sum(cfg.r * ((d + f) if t in ("fc", "proj") else 2 * d) for t in cfg.target_modules)
-    n = model_cfg.n_layer if cfg.layers is None else len(cfg.layers)
-    heads = _heads(model_cfg, cfg)
-    return {"trainable": n * per_layer + heads, "kept": n * per_layer + heads}
-
-
-def _heads(model_cfg, cfg) -> int:
-    total = 0
-    for path in cfg.modules_to_save:
-        if path == "cls_head":
-            total += model_cfg.d_model * model_cfg.n_labels + model_cfg.n_labels
-        else:
-            raise ValueError(f"formula: no closed form for modules_to_save entry {path!r}")
-    return total
+    total = n_blocks(model_cfg, cfg.layers) * per_layer + task_heads(model_cfg, cfg.modules_to_save)
+    return {"trainable": total, "kept": total}
 
 
 def _layers(pm, name):

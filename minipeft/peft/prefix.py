@@ -44,10 +44,11 @@ from typing import ClassVar
 from .. import backend, ops
 from ..autograd import Tensor, no_grad
 from ..nn.layers import Embedding, Linear
-from ..nn.module import Module, Parameter
-from .count import head_params
+from ..nn.module import Module
+from .common import TrainedRows, block_indices, check_layers, load_tokenizer, positive_int, task_heads
 
 NEVER = 1 << 40    # a start position no query reaches: a row that is never visible (padding)
+DEFAULT_LR = 2e-3
 
 
 @dataclass
@@ -65,13 +66,8 @@ class PrefixConfig:
     modules_to_save: tuple = ()
 
     def __post_init__(self):
-        P = self.num_virtual_tokens
-        if isinstance(P, bool) or not isinstance(P, int) or P < 1:
-            raise ValueError(f"PrefixConfig.num_virtual_tokens must be a positive integer (the prefix "
-                             f"length L_p, e.g. 10), got {P!r}")
-        if not isinstance(self.encoder_hidden_size, int) or self.encoder_hidden_size < 1:
-            raise ValueError(f"PrefixConfig.encoder_hidden_size must be a positive integer (the MLP "
-                             f"width, 512 in Li & Liang), got {self.encoder_hidden_size!r}")
+        P = positive_int(self.num_virtual_tokens, "PrefixConfig.num_virtual_tokens", "the prefix length L_p, e.g. 10")
+        positive_int(self.encoder_hidden_size, "PrefixConfig.encoder_hidden_size", "the MLP width, 512 in Li & Liang")
         if self.init not in ("random", "words"):
             raise ValueError(f"PrefixConfig.init must be 'random' or 'words', got {self.init!r}")
         if self.init == "words" and not (isinstance(self.init_text, str) and self.init_text.strip()):
@@ -88,10 +84,7 @@ class PrefixConfig:
         if self.variant == "infix" and (not isinstance(self.infix_token, int) or self.infix_token < 0):
             raise ValueError("PrefixConfig(variant='infix') needs infix_token, the id of the token that "
                              "separates source and target (minipeft's <sep> is 3)")
-        if self.layers is not None:
-            self.layers = tuple(sorted(set(self.layers)))
-            if not self.layers:
-                raise ValueError("PrefixConfig.layers is empty; give block indices, or None for all")
+        self.layers = check_layers(self.layers, "PrefixConfig")     # sorted: P_theta's order of layers
         self.modules_to_save = tuple(self.modules_to_save)
 
 
@@ -108,31 +101,24 @@ class PrefixEncoder(Module):
         return self.transform_out(h)                                  # W2 h + b2          (P, 2Ld)
 
 
-class PrefixActivations(Module):
-    """P_theta itself, (P, 2 n_layer d): deep prompts, or a prefix after `eject`."""
-
-    def __init__(self, value):
-        self.prompt_embeddings = Parameter(value)
-
-    def forward(self):
-        return self.prompt_embeddings
-
+# P_theta itself, (P, 2 n_layer d), deep prompts or a prefix after `eject`, is a common.TrainedRows.
 
 # ----------------------------------------------------------------------------- the method's API
 
 CONFIG = PrefixConfig
 
 
-def _layers(model_cfg, cfg: PrefixConfig) -> tuple:
-    return tuple(range(model_cfg.n_layer)) if cfg.layers is None else cfg.layers
+def from_options(o) -> PrefixConfig:
+    return PrefixConfig(num_virtual_tokens=o.length, modules_to_save=o.heads)
+
+
+def _layers(model_cfg, cfg: PrefixConfig) -> list:
+    return block_indices(model_cfg, cfg.layers, "PrefixConfig")
 
 
 def add(pm, name: str, cfg: PrefixConfig) -> None:
     mc = pm.config
     layers = _layers(mc, cfg)
-    bad = [i for i in layers if not 0 <= i < mc.n_layer]
-    if bad:
-        raise ValueError(f"PrefixConfig.layers contains {bad}; the model has layers 0..{mc.n_layer - 1}")
     if cfg.variant == "infix" and not mc.causal:
         raise ValueError("variant='infix' needs a causal model (arch='gpt2'): in a bidirectional encoder "
                          "every token sees every key, so an infix is the same as a prefix")
@@ -149,27 +135,19 @@ def add(pm, name: str, cfg: PrefixConfig) -> None:
         pm.inputs[name] = enc
     else:
         value = acts if acts is not None else backend.rng.normal((P, width), std=1.0)  # P_theta
-        pm.inputs[name] = PrefixActivations(value.astype(backend.default_dtype()))
+        pm.inputs[name] = TrainedRows(value.astype(backend.default_dtype()))
 
 
 def _word_activations(pm, cfg: PrefixConfig, layers):
     """Keys and values of the frozen model on the words of init_text, as P_theta (P, 2 n d)."""
-    from ..data.tokenizer import Tokenizer, load_default
-    tok = load_default() if cfg.tokenizer_path is None else Tokenizer.from_file(cfg.tokenizer_path)
-    ids = tok.encode(cfg.init_text)
+    ids = load_tokenizer(cfg.tokenizer_path).encode(cfg.init_text)
     if not ids:
         raise ValueError(f"init_text {cfg.init_text!r} encodes to no tokens")
     P = cfg.num_virtual_tokens
     ids = (ids * math.ceil(P / len(ids)))[:P]                    # repeat or cut to P tokens
     model, cache = pm.model, pm.model.new_cache()
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()                                                 # no dropout in this pass
-    try:
-        with no_grad():
-            model.encode([ids], cache=cache)                     # fills cache[l]["k"], ["v"]: (1, H, P, D)
-    finally:
-        for m, flag in modes:
-            m.training = flag
+    with model.eval_mode(), no_grad():                           # no dropout in this pass
+        model.encode([ids], cache=cache)                         # fills cache[l]["k"], ["v"]: (1, H, P, D)
     xp = backend.xp
     kv = xp.stack([xp.stack([cache[l]["k"][0], cache[l]["v"][0]]) for l in layers])   # (n, 2, H, P, D)
     return kv.transpose(3, 0, 1, 2, 4).reshape(P, -1)                                  # (P, 2 n H D)
@@ -270,7 +248,7 @@ def eject(pm, name: str = "default"):
                          f"or ejected before); there is no MLP to drop")
     with no_grad():
         value = enc().data.copy()                                      # (P, 2 n d)
-    pm.inputs[name] = PrefixActivations(value)
+    pm.inputs[name] = TrainedRows(value)
     pm.inputs[name].prompt_embeddings.requires_grad = enc.embedding.weight.requires_grad
     pm.peft_config[name] = replace(pm.peft_config[name], prefix_projection=False, init="random",
                                    init_text=None)
@@ -283,9 +261,5 @@ def formula(model_cfg, cfg: PrefixConfig) -> dict:
     n = len(_layers(model_cfg, cfg))
     kept = 2 * n * P * d
     trainable = (P * d + (d * mid + mid) + (mid * 2 * n * d + 2 * n * d)) if cfg.prefix_projection else kept
-    heads = 0
-    for path in cfg.modules_to_save:
-        if path != "cls_head":
-            raise ValueError(f"formula: no closed form for modules_to_save entry {path!r}")
-        heads += head_params(model_cfg)
+    heads = task_heads(model_cfg, cfg.modules_to_save)
     return {"trainable": trainable + heads, "kept": kept + heads}

@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .. import backend, ops
-from ..nn.module import Module, Parameter
-from .count import head_params
+from .common import TrainedRows, load_tokenizer, positive_int, task_heads
 
 N_SPECIAL = 7       # <pad> <bos> <eos> <sep> <cls> <mask> <unk>: ids 0..6 in minipeft's tokenizers
+DEFAULT_LR = 3e-2
 
 
 @dataclass
@@ -50,10 +50,7 @@ class PromptConfig:
     modules_to_save: tuple = ()
 
     def __post_init__(self):
-        p = self.num_virtual_tokens
-        if isinstance(p, bool) or not isinstance(p, int) or p < 1:
-            raise ValueError(f"PromptConfig.num_virtual_tokens must be a positive integer (the prompt "
-                             f"length p, e.g. 20), got {p!r}")
+        p = positive_int(self.num_virtual_tokens, "PromptConfig.num_virtual_tokens", "the prompt length p, e.g. 20")
         if self.init not in ("random", "vocab", "text"):
             raise ValueError(f"PromptConfig.init must be 'random', 'vocab' or 'text', got {self.init!r}")
         if isinstance(self.init_text, list):
@@ -67,8 +64,7 @@ class PromptConfig:
                                  f"num_virtual_tokens={p} slots; lengthen the prompt or drop labels")
         elif self.init_text is not None:
             raise ValueError("PromptConfig.init_text is only used with init='text'; set init='text'")
-        if isinstance(self.vocab_top_k, bool) or not isinstance(self.vocab_top_k, int) or self.vocab_top_k < 1:
-            raise ValueError(f"PromptConfig.vocab_top_k must be a positive integer, got {self.vocab_top_k!r}")
+        positive_int(self.vocab_top_k, "PromptConfig.vocab_top_k")
         self.modules_to_save = tuple(self.modules_to_save)
 
     def labels(self) -> tuple:
@@ -77,22 +73,7 @@ class PromptConfig:
         return tuple(s for s in labels if isinstance(s, str) and s.strip())
 
 
-class PromptEmbedding(Module):
-    """The soft prompt P_e, (p, d)."""
-
-    def __init__(self, value):
-        self.prompt_embeddings = Parameter(value)
-
-    def forward(self):
-        return self.prompt_embeddings
-
-
 # ----------------------------------------------------------------------------- initialisation
-
-def _tokenizer(cfg):
-    from ..data.tokenizer import Tokenizer, load_default
-    return load_default() if cfg.tokenizer_path is None else Tokenizer.from_file(cfg.tokenizer_path)
-
 
 def token_counts(tokenizer, path) -> "backend.host().ndarray":
     """How often each token id occurs in a text file (host int64 array of the vocabulary's size)."""
@@ -125,7 +106,7 @@ def initial_prompt(pm, cfg: PromptConfig):
     if cfg.init == "random":
         return backend.rng.uniform((p, d), low=-0.5, high=0.5)                # U[-0.5, 0.5]
     wte = pm.model.wte.weight.data                                            # (V, d)
-    tok = _tokenizer(cfg) if (cfg.init == "text" or cfg.vocab_corpus) else None
+    tok = load_tokenizer(cfg.tokenizer_path) if (cfg.init == "text" or cfg.vocab_corpus) else None
     counts = token_counts(tok, cfg.vocab_corpus) if cfg.vocab_corpus else None
     rows = []
     if cfg.init == "text":
@@ -145,8 +126,17 @@ def initial_prompt(pm, cfg: PromptConfig):
 CONFIG = PromptConfig
 
 
+def from_options(o) -> PromptConfig:
+    return PromptConfig(num_virtual_tokens=o.length, modules_to_save=o.heads)
+
+
 def add(pm, name: str, cfg: PromptConfig) -> None:
-    pm.inputs[name] = PromptEmbedding(initial_prompt(pm, cfg))
+    pm.inputs[name] = TrainedRows(initial_prompt(pm, cfg))          # the soft prompt P_e, (p, d)
+
+
+def context_positions(cfg: PromptConfig) -> int:
+    """The prompt takes p positions of n_ctx (the tokens' positions start after it)."""
+    return cfg.num_virtual_tokens
 
 
 def encode_inputs(pm, route, batch_size: int, ids=None, cache=None) -> dict:
@@ -177,9 +167,5 @@ def encode_inputs(pm, route, batch_size: int, ids=None, cache=None) -> dict:
 def formula(model_cfg, cfg: PromptConfig) -> dict:
     """p * d (Lester's p x e), plus any task head trained with it."""
     n = cfg.num_virtual_tokens * model_cfg.d_model
-    heads = 0
-    for path in cfg.modules_to_save:
-        if path != "cls_head":
-            raise ValueError(f"formula: no closed form for modules_to_save entry {path!r}")
-        heads += head_params(model_cfg)
-    return {"trainable": n + heads, "kept": n + heads}
+    n += task_heads(model_cfg, cfg.modules_to_save)
+    return {"trainable": n, "kept": n}
