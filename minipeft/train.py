@@ -4,8 +4,15 @@
                   eval_fn=lambda m: {"loss": ..., "score": ...}, eval_every=100,
                   log_path="runs/x/log.jsonl")
 
-- `loss_fn(model, batch) -> Tensor` (scalar); `batches` is an iterator of batches (any object;
-  `n_tokens(batch)` counts the tokens for the tokens/s figure).
+Each step is the loop of every deep-learning course, written out at the top of `fit`: take a
+batch, loss = loss_fn(model, batch), loss.backward(), clip the gradient norm, optimizer.step(),
+optimizer.zero_grad(), advance the learning-rate schedule, log. What wraps it is kept beside it,
+below `fit`: the log and progress bar (`_Log`), early stopping (`_EarlyStopping`) and the speed
+options (`_speed_options`: malloc, data parallelism), none of which changes what a step computes.
+
+- `loss_fn(model, batch) -> Tensor` (scalar); `batches` is a list or other re-iterable of batches
+  (any object; `n_tokens(batch)` counts the tokens for the tokens/s figure), started again when
+  it runs out.
 - Only parameters with requires_grad=True are optimised (AdamW), so a PEFT method decides what
   trains by freezing the rest; optimizer state exists only for them.
 - A progress bar (tqdm) shows the loss and tokens/s. The loss is read back from the device only
@@ -31,6 +38,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -80,10 +88,43 @@ def fit(model, loss_fn: Callable, batches: Iterable, *, steps: int, lr: float = 
     """
     if steps <= 0:
         raise ValueError(f"fit(steps={steps}): the number of steps must be positive")
-    if mode not in ("max", "min"):
-        raise ValueError(f"fit(mode={mode!r}): expected 'max' (higher score is better) or 'min'")
-    from .parallel import DataParallel, check_supported, counted
+    stopping = _EarlyStopping(select, mode, patience, on_best)
+    from .parallel import check_supported
     processes = check_supported(processes)
+    optimizer, scheduler = _optimizer(model, params, optimizer, lr, weight_decay, schedule, warmup, steps)
+    trained = [p for g in optimizer.param_groups for p in g["params"]]
+
+    model.train()
+    with _speed_options(model, loss_fn, processes, slice_weight) as dp, \
+            _Log(log_path, log_every, steps, progress, desc) as log:
+        for step, batch in zip(range(1, steps + 1), _again_and_again(batches)):
+            if dp is None:
+                loss = loss_fn(model, batch)              # forward: a scalar Tensor
+                loss.backward()                           # adds d loss / d p into p.grad
+            else:
+                loss = dp.backward(batch)                 # the same over n processes; a float
+            grad_norm = clip_grad_norm_(trained, clip) if clip else None
+            optimizer.step()
+            optimizer.zero_grad()
+            if scheduler is not None:
+                scheduler.step()
+            log.step(step, loss, optimizer.param_groups[0]["lr"], grad_norm, n_tokens(batch))
+
+            if eval_fn is not None and eval_every and (step % eval_every == 0 or step == steps):
+                metrics = evaluate(model, eval_fn)
+                log.write({"step": step, "eval": metrics, "elapsed_s": log.elapsed()})
+                if stopping.stop_after(step, metrics):
+                    log.write({"step": step, "early_stop": True, "best_step": stopping.best["step"]})
+                    break
+    backend.synchronize()
+    return History(records=log.records, best=stopping.best, stopped_early=stopping.stopped,
+                   seconds=log.elapsed())
+
+
+# ----------------------------------------------------------------------------- the pieces around the loop
+
+def _optimizer(model, params, optimizer, lr, weight_decay, schedule, warmup, steps):
+    """The optimizer (AdamW over what requires grad, unless one is given) and its schedule."""
     if optimizer is None:
         if params is None:
             params = model.trainable_parameters()
@@ -92,100 +133,118 @@ def fit(model, loss_fn: Callable, batches: Iterable, *, steps: int, lr: float = 
                              "did the PEFT method freeze everything? (check print_trainable_parameters())")
         optimizer = AdamW(params, lr=lr, weight_decay=weight_decay)
     if schedule == "cosine":
-        scheduler = warmup_cosine(optimizer, warmup, steps)
-    elif schedule == "linear":
-        scheduler = warmup_linear(optimizer, warmup, steps)
-    elif schedule == "constant":
-        scheduler = None
-    else:
-        raise ValueError(f"fit(schedule={schedule!r}): expected 'cosine', 'linear' or 'constant'")
-    trained = [p for g in optimizer.param_groups for p in g["params"]]
+        return optimizer, warmup_cosine(optimizer, warmup, steps)
+    if schedule == "linear":
+        return optimizer, warmup_linear(optimizer, warmup, steps)
+    if schedule == "constant":
+        return optimizer, None
+    raise ValueError(f"fit(schedule={schedule!r}): expected 'cosine', 'linear' or 'constant'")
 
-    model.train()
-    log_file = None
-    if log_path:
-        os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
-        log_file = open(log_path, "a", encoding="utf-8")
 
-    def log(record):
-        records.append(record)
-        if log_file:
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
+def _again_and_again(batches):
+    """The batches, from the start again each time they run out (one pass = one epoch)."""
+    while True:
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("fit: `batches` gave no batch (an empty list, or an iterator that ran out: "
+                             "fit starts it again when it ends, so pass a list or another re-iterable)")
 
-    records, best, bad_evals, stopped = [], None, 0, False
-    dp = bar = None
-    kept = False
+
+@contextmanager
+def _speed_options(model, loss_fn, processes, slice_weight):
+    """What makes the loop faster without changing what it computes; undone on exit, also on error.
+    Yields the DataParallel of processes > 1, else None."""
+    from .parallel import DataParallel, counted
+    kept, dp = False, None
     try:
-        kept = backend.name == "numpy" and backend.keep_freed_memory()
+        kept = backend.name == "numpy" and backend.keep_freed_memory()   # malloc keeps freed memory
         if processes > 1:  # before the progress bar starts its thread
             dp = DataParallel(model, loss_fn, processes, weight=slice_weight or counted)
-        if progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=steps, desc=desc, dynamic_ncols=True, leave=True)
-        start = last_t = time.perf_counter()
-        tokens_since = 0
-        it = iter(batches)
-        for step in range(1, steps + 1):
-            try:
-                batch = next(it)
-            except StopIteration:
-                it = iter(batches)
-                batch = next(it)
-            if dp is None:
-                loss = loss_fn(model, batch)
-                loss.backward()
-            else:
-                loss = dp.backward(batch)          # a float: the slices' losses, weighted
-            grad_norm = clip_grad_norm_(trained, clip) if clip else None
-            optimizer.step()
-            optimizer.zero_grad()
-            if scheduler is not None:
-                scheduler.step()
-            tokens_since += n_tokens(batch)
-
-            if step % log_every == 0 or step == steps:
-                now = time.perf_counter()
-                rec = {"step": step, "loss": float(loss.item()) if dp is None else loss,
-                       "lr": optimizer.param_groups[0]["lr"],
-                       "tokens_per_s": tokens_since / max(now - last_t, 1e-9),
-                       "elapsed_s": now - start}
-                if grad_norm is not None:
-                    rec["grad_norm"] = float(grad_norm)
-                log(rec)
-                tokens_since, last_t = 0, now
-                if bar:
-                    bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
-            if bar:
-                bar.update(1)
-
-            if eval_fn is not None and eval_every and (step % eval_every == 0 or step == steps):
-                metrics = evaluate(model, eval_fn)
-                rec = {"step": step, "eval": metrics, "elapsed_s": time.perf_counter() - start}
-                log(rec)
-                if select is not None:
-                    if select not in metrics:
-                        raise KeyError(f"fit(select={select!r}): eval_fn returned {sorted(metrics)}")
-                    value = metrics[select]
-                    better = best is None or (value > best[select] if mode == "max" else value < best[select])
-                    if better:
-                        best, bad_evals = {"step": step, **metrics}, 0
-                        if on_best is not None:
-                            on_best(step, metrics)
-                    else:
-                        bad_evals += 1
-                        if patience is not None and bad_evals >= patience:
-                            stopped = True
-                            log({"step": step, "early_stop": True, "best_step": best["step"]})
-                            break
+        yield dp
     finally:
         if kept:
             backend.keep_freed_memory(False)
         if dp is not None:
             dp.close()
-        if bar:
-            bar.close()
-        if log_file:
-            log_file.close()
-    backend.synchronize()
-    return History(records=records, best=best, stopped_early=stopped, seconds=time.perf_counter() - start)
+
+
+class _Log:
+    """The records of a run: kept in `records`, written one JSON object a line to `path` (flushed
+    as written) and shown on a progress bar. `step` logs every `every` steps and the last one."""
+
+    def __init__(self, path, every, steps, progress, desc):
+        self.path, self.every, self.steps, self.progress, self.desc = path, every, steps, progress, desc
+        self.records, self.file, self.bar = [], None, None
+
+    def __enter__(self):
+        if self.path:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            self.file = open(self.path, "a", encoding="utf-8")
+        if self.progress:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=self.steps, desc=self.desc, dynamic_ncols=True, leave=True)
+        self.start = self.last_t = time.perf_counter()
+        self.tokens_since = 0
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar:
+            self.bar.close()
+        if self.file:
+            self.file.close()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def write(self, record: dict) -> None:
+        self.records.append(record)
+        if self.file:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+    def step(self, step, loss, lr, grad_norm, tokens) -> None:
+        """After each step. The loss is read back (`float(loss)` waits for a GPU) only when logged."""
+        self.tokens_since += tokens
+        if step % self.every == 0 or step == self.steps:
+            now = time.perf_counter()
+            rec = {"step": step, "loss": loss if isinstance(loss, float) else float(loss.item()),
+                   "lr": lr, "tokens_per_s": self.tokens_since / max(now - self.last_t, 1e-9),
+                   "elapsed_s": now - self.start}
+            if grad_norm is not None:
+                rec["grad_norm"] = float(grad_norm)
+            self.write(rec)
+            self.tokens_since, self.last_t = 0, now
+            if self.bar:
+                self.bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+        if self.bar:
+            self.bar.update(1)
+
+
+class _EarlyStopping:
+    """The best evaluation so far by metrics[select] (mode "max": higher is better, "min": lower);
+    on_best(step, metrics) at each new best; stop after `patience` evaluations without one."""
+
+    def __init__(self, select, mode, patience, on_best):
+        if mode not in ("max", "min"):
+            raise ValueError(f"fit(mode={mode!r}): expected 'max' (higher score is better) or 'min'")
+        self.select, self.mode, self.patience, self.on_best = select, mode, patience, on_best
+        self.best, self.bad_evals, self.stopped = None, 0, False
+
+    def stop_after(self, step, metrics) -> bool:
+        """Take one evaluation; True when training should stop here."""
+        if self.select is None:
+            return False
+        if self.select not in metrics:
+            raise KeyError(f"fit(select={self.select!r}): eval_fn returned {sorted(metrics)}")
+        value, best = metrics[self.select], self.best
+        if best is None or (value > best[self.select] if self.mode == "max" else value < best[self.select]):
+            self.best, self.bad_evals = {"step": step, **metrics}, 0
+            if self.on_best is not None:
+                self.on_best(step, metrics)
+            return False
+        self.bad_evals += 1
+        self.stopped = self.patience is not None and self.bad_evals >= self.patience
+        return self.stopped
