@@ -60,7 +60,6 @@ import sys
 import time
 
 from . import backend, cpu
-from .autograd import Tensor
 from .pretrain import lm_loss  # the model's mean cross-entropy of a batch (for DataParallel)
 
 numpy = backend.host()  # host-side arrays only (token ids, the peak-matmul inputs before xp.asarray)
@@ -165,70 +164,14 @@ def build_minipeft(cfg: dict, method: str):
 
 def apply_lora(model):
     """Freeze the base model and add LoRA (r=8, alpha=16) on q and v: the one PEFT hook."""
-    try:
-        from .peft import LoraConfig, apply
-    except ImportError:
-        raise SystemExit("--method lora needs minipeft.peft, which did not import; "
-                         "use --method full") from None
+    from .peft import LoraConfig, apply
     return apply(model, LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, target_modules=LORA_TARGETS))
 
 
 def make_optimizer(params):
-    """minipeft.optim.AdamW when it exists, else the small stand-in below."""
-    try:
-        from .optim import AdamW
-    except ImportError:
-        return _AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY)
+    """minipeft.optim.AdamW with the benchmark's learning rate and weight decay."""
+    from .optim import AdamW
     return AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY)
-
-
-class _AdamW:
-    """Stand-in AdamW (decoupled weight decay) used only until minipeft.optim exists."""
-
-    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        self.params, self.lr, self.betas, self.eps, self.wd = list(params), lr, betas, eps, weight_decay
-        xp = backend.xp
-        self.state = {id(p): {"m": xp.zeros_like(p.data), "v": xp.zeros_like(p.data)} for p in self.params}
-        self.t = 0
-
-    def step(self):
-        xp = backend.xp
-        self.t += 1
-        b1, b2 = self.betas
-        c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
-        for p in self.params:
-            if p.grad is None:
-                continue
-            s = self.state[id(p)]
-            m, v = s["m"], s["v"]
-            m *= b1
-            m += (1 - b1) * p.grad
-            v *= b2
-            v += (1 - b2) * (p.grad * p.grad)
-            p.data *= 1 - self.lr * self.wd
-            p.data -= (self.lr / c1) * m / (xp.sqrt(v / c2) + self.eps)
-
-    def zero_grad(self):
-        for p in self.params:
-            p.grad = None
-
-
-def optimizer_state_bytes(opt) -> int:
-    """Bytes of every array in the optimizer's state (walked generically: dicts, lists, arrays)."""
-    if hasattr(opt, "state_bytes"):
-        return int(opt.state_bytes())
-
-    def walk(x):
-        if hasattr(x, "nbytes") and hasattr(x, "shape"):
-            return int(x.nbytes)
-        if isinstance(x, Tensor):
-            return int(x.data.nbytes)
-        if isinstance(x, dict):
-            return sum(walk(v) for v in x.values())
-        if isinstance(x, (list, tuple)):
-            return sum(walk(v) for v in x)
-        return 0
-    return walk(getattr(opt, "state", {}))
 
 
 def minipeft_step(model, opt, ids, targets, dp=None):
@@ -408,8 +351,10 @@ def _run(*, config, method, backend_name, steps, with_torch, threads, tune_mallo
         # a GPU needs a big product to reach its peak
         peak = matmul_peak_gflops(xp, sync, n=1024 if backend.name == "numpy" else 8192)
 
-        timed_torch, torch_device = None, torch_device_for(backend.name) if with_torch else None
-        if torch_device is not None:
+        torch_device = torch_device_for(backend.name) if with_torch else None
+        if torch_device is None:
+            timed_torch = None
+        else:
             torch_step, torch, torch_counts = torch_reference(cfg, method, threads, torch_device)
             tids = torch.from_numpy(host_ids[:, :-1]).to(torch_device)
             ttargets = torch.from_numpy(host_ids[:, 1:]).to(torch_device)
@@ -455,7 +400,7 @@ def _run(*, config, method, backend_name, steps, with_torch, threads, tune_mallo
             "gflops": round(flops / sec / 1e9, 2),
             "peak_gflops": round(peak, 1),
             "peak_fraction": round(flops / sec / 1e9 / peak, 4),
-            "optimizer_state_bytes": optimizer_state_bytes(opt),
+            "optimizer_state_bytes": opt.state_bytes(),
             "optimizer": type(opt).__module__ + "." + type(opt).__name__,
             "threads": threads,
             "processes": 1 if dp is None else dp.processes,   # > 1: data-parallel (minipeft.parallel)
