@@ -172,9 +172,9 @@ def pretrain(preset: str, out_dir: str, steps: int = 2000, batch_size: int = 16,
     if os.path.exists(log_path):
         os.remove(log_path)
     t0 = time.perf_counter()
-    hist = fit(model, lm_loss, batches, steps=steps, lr=lr, weight_decay=0.01, warmup=min(200, steps // 10),
-               schedule="cosine", clip=1.0, eval_fn=lambda m: {"heldout_loss": heldout_loss(m, held)},
-               eval_every=eval_every, log_path=log_path, progress=progress, desc=f"pretrain {preset}")
+    fit(model, lm_loss, batches, steps=steps, lr=lr, weight_decay=0.01, warmup=min(200, steps // 10),
+        schedule="cosine", clip=1.0, eval_fn=lambda m: {"heldout_loss": heldout_loss(m, held)},
+        eval_every=eval_every, log_path=log_path, progress=progress, desc=f"pretrain {preset}")
     seconds = time.perf_counter() - t0
     model.eval()
     with no_grad():

@@ -438,7 +438,7 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
         before = evaluate(pm)
     if verbose:
         pm.print_trainable_parameters()
-        print(f"before: " + _fmt(before))
+        print("before: " + _fmt(before))
     out_dir = out_dir or os.path.join("runs", f"{task}-{peft_config.method}")
     os.makedirs(out_dir, exist_ok=True)
 
@@ -469,7 +469,7 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
         json.dump({"task": task, "method": peft_config.method, "before": {k: v for k, v in before.items() if k != "outputs"},
                    "after": summary, "best": hist.best, "seconds": time.perf_counter() - t0}, f, indent=1)
     if verbose:
-        print(f"after:  " + _fmt(after))
+        print("after:  " + _fmt(after))
     examples = []
     if not is_cls:
         examples = [(dev[i].source, before["outputs"][i], after["outputs"][i]) for i in range(min(show, len(dev)))]

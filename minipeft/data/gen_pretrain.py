@@ -207,7 +207,7 @@ class _Writer:
 
     # -- places and things -----------------------------------------------------------------------
     def thing(self, e: Entity) -> str:
-        r, f, n = self.r, e.facts, e.name
+        f, n = e.facts, e.name
         k = e.kind
         if k == "city":
             s = [f"{n} is a city in {f['country'].name}, in the {f['region']}.",
