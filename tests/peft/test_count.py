@@ -22,7 +22,6 @@ import pytest
 
 from minipeft import cli, peft
 from minipeft.cli import count_params
-from minipeft.nn import Transformer
 from minipeft.peft import AdapterConfig, BitFitConfig, FullConfig, LoraConfig, api, apply
 from minipeft.peft.count import ARCHS, base_params, block_params, head_params
 

@@ -6,12 +6,11 @@ equivalences, the words initialisation, the infix's visibility, and clear config
 """
 from __future__ import annotations
 
-import numpy
 import pytest
 
 import minipeft
 from minipeft import backend as B, ops
-from minipeft.autograd import Tensor, no_grad
+from minipeft.autograd import no_grad
 from minipeft.generate import greedy
 from minipeft.gradcheck import gradcheck
 from minipeft.nn import Transformer, TransformerConfig
