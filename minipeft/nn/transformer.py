@@ -187,16 +187,21 @@ class Transformer(Module):
                 raise ValueError(f"{name} must have shape (batch, tokens), got {ids.shape}")
             if ids.size and (ids.min() < 0 or ids.max() >= high):
                 bad = int(ids[(ids < 0) | (ids >= high)][0])
-                hint = ("the tokenizer and model vocabularies do not match" if name == "ids"
-                        else f"the model has n_types={self.config.n_types}")
+                hint = {"ids": "the tokenizer and model vocabularies do not match",
+                        "position_ids": f"the model has n_ctx={self.config.n_ctx} positions"}.get(
+                            name, f"the model has n_types={self.config.n_types}")
                 raise ValueError(f"{name} contains {bad}, outside [0, {high}); {hint}")
         return backend.to_device(ids)
 
-    def embed(self, ids, token_type_ids=None, pos_offset: int = 0, prompt=None):
+    def embed(self, ids, token_type_ids=None, pos_offset: int = 0, prompt=None, position_ids=None):
         """Token (+ position, + type) embeddings: (B, T) ids -> (B, T', d).
 
         prompt: optional Tensor (B or 1, P, d) of soft-prompt vectors prepended to the token
         embeddings (prompt tuning); positions then count the prompt tokens too (T' = P + T).
+        position_ids: optional (B, T) integers, each row's own token positions (a left-padded batch:
+        a row's first real token is at position 0 whatever its padding); a soft prompt given here
+        takes positions 0 .. P-1 before them, so the tokens get P + position_ids. Default:
+        pos_offset, pos_offset + 1, ... for every row.
         """
         ids = self._check_ids(ids)
         B, T = ids.shape
@@ -206,10 +211,22 @@ class Transformer(Module):
                 prompt = prompt[backend.xp.zeros(B, dtype=backend.int64)]          # (B, P, d)
             x = ops.concat([prompt, x], axis=1)                              # (B, P + T, d)
         Tt = x.shape[1]
-        if pos_offset + Tt > self.config.n_ctx:
-            raise ValueError(f"sequence of {pos_offset + Tt} tokens is longer than the model's "
-                             f"context n_ctx={self.config.n_ctx}; truncate the input")
-        x = x + self.wpe.weight[pos_offset:pos_offset + Tt]                  # (T', d) broadcast over B
+        if position_ids is not None:
+            P = Tt - T
+            position_ids = self._check_ids(position_ids, "position_ids", high=self.config.n_ctx - P)
+            if position_ids.shape != (B, T):
+                raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}; expected "
+                                 f"(batch, tokens) = {(B, T)}")
+            if P:                                                            # the soft prompt first
+                xp = backend.xp
+                position_ids = xp.concatenate([xp.broadcast_to(xp.arange(P, dtype=position_ids.dtype), (B, P)),
+                                               position_ids + P], axis=1)    # (B, P + T)
+            x = x + self.wpe(position_ids)                                   # (B, T', d): each row its own
+        else:
+            if pos_offset + Tt > self.config.n_ctx:
+                raise ValueError(f"sequence of {pos_offset + Tt} tokens is longer than the model's "
+                                 f"context n_ctx={self.config.n_ctx}; truncate the input")
+            x = x + self.wpe.weight[pos_offset:pos_offset + Tt]              # (T', d) broadcast over B
         if self.config.arch == "bert":
             types = backend.xp.zeros((B, T), dtype=ids.dtype) if token_type_ids is None \
                 else self._check_ids(token_type_ids, "token_type_ids", high=self.config.n_types)
@@ -219,7 +236,8 @@ class Transformer(Module):
         return self.drop(x)
 
     # ------------------------------------------------------------------ body
-    def encode(self, ids, attention_mask=None, token_type_ids=None, prefix=None, cache=None, prompt=None):
+    def encode(self, ids, attention_mask=None, token_type_ids=None, prefix=None, cache=None, prompt=None,
+               position_ids=None):
         """The transformer body: (B, T) ids -> hidden states (B, T', d) (after ln_f for gpt2).
 
         attention_mask: (B, T) 1 for real tokens, 0 for padding (with a cache: (B, T_past + T)).
@@ -227,11 +245,13 @@ class Transformer(Module):
                 for a layer without; a pair may carry a third item, start (B or 1, P) (infix).
         cache:  list of n_layer dicts, filled and extended in place (incremental decoding).
         prompt: (B or 1, P, d) soft prompt prepended to the embeddings (prompt tuning).
+        position_ids: (B, T) each row's token positions (see `embed`); with a left-padded batch, pass
+                the attention_mask too, so that the padding keys are never attended.
         """
         past = 0
         if cache is not None and "k" in cache[0]:
             past = cache[0]["k"].shape[2]
-        x = self.embed(ids, token_type_ids, pos_offset=past, prompt=prompt)
+        x = self.embed(ids, token_type_ids, pos_offset=past, prompt=prompt, position_ids=position_ids)
         key_mask = None
         if attention_mask is not None:
             if isinstance(attention_mask, Tensor):

@@ -556,3 +556,24 @@ def test_linear_is_the_linear_layer():
     # the attention projections are plain Linear layers (PEFT methods replace them by name)
     model = build("gpt2")
     assert all(isinstance(model.get_submodule(f"h.0.attn.{x}"), Linear) for x in "qkvo")
+
+
+def test_position_ids_give_each_row_its_own_positions(backend):
+    """A left-padded row with positions counted from its first real token computes what the row
+    computes alone (a soft prompt given with it takes positions 0 .. P-1 first)."""
+    minipeft.manual_seed(0)
+    m = Transformer(TransformerConfig(vocab_size=17, n_ctx=16, d_model=16, n_layer=2, n_head=2))
+    soft = Tensor(B.rng.normal((1, 2, 16), std=1.0))
+    with minipeft.no_grad():
+        for prompt in (None, soft):
+            alone = B.to_numpy(m.encode([[4, 5, 6]], prompt=prompt).data)
+            padded = B.to_numpy(m.encode([[0, 0, 4, 5, 6]], attention_mask=[[0, 0, 1, 1, 1]],
+                                         position_ids=[[0, 0, 0, 1, 2]], prompt=prompt).data)
+            P = 0 if prompt is None else 2
+            numpy.testing.assert_allclose(padded[:, P + 2:], alone[:, P:], rtol=1e-5, atol=1e-5)
+            if P:
+                numpy.testing.assert_allclose(padded[:, :P], alone[:, :P], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="position_ids has shape"):
+        m.encode([[4, 5]], position_ids=[[0, 1, 2]])
+    with pytest.raises(ValueError, match="n_ctx=16 positions"):
+        m.encode([[4, 5]], position_ids=[[0, 16]])
