@@ -132,10 +132,15 @@ class PeftModel(Module):
         self.active_adapters = [n for n in self.active_adapters if n != name]
 
     def _remove(self, name: str, method) -> None:
+        """Undo add_adapter(name): the method's remove (or the generic one), then put the original
+        task head back where no adapter keeps a copy of it."""
         if hasattr(method, "remove"):
             method.remove(self, name)
         else:
             self._remove_generic(name)
+        for path, mod in list(self.model.named_modules()):
+            if isinstance(mod, ModulesToSave) and not mod.modules_to_save.keys():
+                self.model.set_submodule(path, mod.original_module)
 
     def _remove_generic(self, name: str) -> None:
         """Drop the entry `name` of every ModuleDict (an adapter's parameters, its head copies)."""

@@ -10,7 +10,7 @@ import pytest
 
 import minipeft
 from minipeft import backend as B, ops
-from minipeft.autograd import no_grad
+from minipeft.autograd import Tensor, no_grad
 from minipeft.generate import greedy
 from minipeft.gradcheck import gradcheck
 from minipeft.nn import Transformer, TransformerConfig
@@ -219,6 +219,29 @@ def test_active_adapters_concatenate_along_P(backend):
     expected = pm.model.lm_logits(pm.model.encode(ids, prefix=manual)).numpy()
     np.testing.assert_array_equal(pm(ids)[0].numpy(), expected)
     assert not np.allclose(expected, (pm.set_adapter("default"), pm(ids)[0].numpy())[1])
+
+
+def test_a_callers_prefix_joins_a_layer_subset_or_infix_adapter(backend):
+    """pm.encode(ids, prefix=...) while a prefix adapter is active: the caller's rows come first,
+    then the adapter's, in every layer that has them; an infix keeps its visibility."""
+    gen = np.random.default_rng(5)
+    extra = [(Tensor(B.to_device(gen.normal(size=(1, 2, 2, 8)))), Tensor(B.to_device(gen.normal(size=(1, 2, 2, 8)))))
+             for _ in range(2)]                                                # (1, H, 2, D) per layer
+    pm = apply(tiny(), PrefixConfig(num_virtual_tokens=3, prefix_projection=False, layers=(1,)))
+    ids = batch(3, 6, sep_at=[1, 2, 4])
+    kv = prefix_method.per_layer(pm, "default")
+    manual = [extra[0], (ops.concat([extra[1][0], kv[1][0]], axis=2), ops.concat([extra[1][1], kv[1][1]], axis=2))]
+    np.testing.assert_array_equal(pm.encode(ids, prefix=extra).numpy(), pm.model.encode(ids, prefix=manual).numpy())
+    pm.add_adapter("infix", PrefixConfig(num_virtual_tokens=2, prefix_projection=False, variant="infix",
+                                         infix_token=SEP))
+    pm.set_adapter("infix")
+    kv = prefix_method.per_layer(pm, "infix")
+    start = np.concatenate([np.zeros((3, 2), dtype=np.int64), np.repeat(np.array([[1], [2], [4]]), 2, axis=1)], axis=1)
+    manual = [(ops.concat([extra[l][0], kv[l][0]], axis=2), ops.concat([extra[l][1], kv[l][1]], axis=2), start)
+              for l in range(2)]
+    got = pm.encode(ids, prefix=extra).numpy()
+    np.testing.assert_array_equal(got, pm.model.encode(ids, prefix=manual).numpy())
+    assert not np.allclose(got, pm.encode(ids).numpy())                        # the caller's rows count
 
 
 # ----------------------------------------------------------------------------- generation
