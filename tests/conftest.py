@@ -21,12 +21,18 @@ Markers, one per assignment task (run one task with `pytest -m task_fused`):
     task_activations  exp, log, tanh, sigmoid, relu, GELU, softmax, log-softmax
     task_fused        linear, layer norm, cross-entropy, embedding, dropout, masked fill, attention
     (and task_nn, task_transformer, task_training, task_hf: see TASK_MARKERS)
+
+One marker for the machinery rather than the lesson: `infra` marks the tests of minipeft's speed
+machinery (threads, processes, malloc: minipeft/cpu.py, minipeft/parallel.py). The teaching tests
+alone:
+    pytest -m "not infra"                    # everything but the machinery
+    pytest -m "task_backend and not infra"   # one task, without its thread tests
 """
 from __future__ import annotations
 
 import os
 
-# minipeft first: it sets OpenBLAS's thread settings before NumPy loads (minipeft/backend.py), so the
+# minipeft first: it sets OpenBLAS's thread settings before NumPy loads (minipeft/cpu.py), so the
 # suite runs the fused ops on every core, as users who `import minipeft` first do
 import minipeft
 from minipeft import backend as _backend
@@ -48,12 +54,15 @@ TASK_MARKERS = {
     "task_hf": "Hugging Face BERT/GPT-2 checkpoints in and out, MiniLM sentence embeddings",
 }
 
+INFRA_MARKER = "threads, processes, malloc: the speed machinery, not the lesson (skip: -m 'not infra')"
+
 NO_GPU = "no GPU/CuPy: install cupy-cuda12x and run on a GPU machine"
 
 
 def pytest_configure(config):
     for name, what in TASK_MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {what}")
+    config.addinivalue_line("markers", f"infra: {INFRA_MARKER}")
     config.addinivalue_line("markers", "cupy: needs a GPU and CuPy")
 
 

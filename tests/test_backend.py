@@ -203,7 +203,7 @@ def test_matmul_is_counted(backend):
     numpy.testing.assert_array_equal(backend.to_numpy(out), numpy.full((2, 2), 3.0))
 
 
-@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("split", [False, pytest.param(True, marks=pytest.mark.infra)])
 def test_matmul_adds_the_bias_to_every_row_and_counts_once(backend, monkeypatch, split):
     # split=True: the product is cut into blocks of rows (on NumPy with several threads); the bias
     # must land on every row of every block, and the product still counts as one

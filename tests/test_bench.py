@@ -165,6 +165,7 @@ def test_a_missing_pytorch_is_reported_not_silent(monkeypatch):
     assert "torch_skipped" not in out, "--no-torch asked for no PyTorch: nothing to report"
 
 
+@pytest.mark.infra
 def test_threads_sets_both_libraries_and_restores_minipefts_setting():
     saved = backend.get_threads()
     backend.set_threads(3)
@@ -191,6 +192,7 @@ def test_threads_sets_both_libraries_and_restores_minipefts_setting():
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="DataParallel forks: Linux only")
 
 
+@pytest.mark.infra
 @linux_only
 def test_processes_runs_the_data_parallel_step():
     out = bench.run("tiny", "full", steps=2, warmup=1, with_torch=False, batch=4, pause=0.0, processes=2)
@@ -201,6 +203,7 @@ def test_processes_runs_the_data_parallel_step():
         bench.run("tiny", "full", steps=1, warmup=0, with_torch=False, batch=2, processes=0)
 
 
+@pytest.mark.infra
 @linux_only
 def test_the_data_parallel_step_trains_like_the_ordinary_one():
     """The bench's data-parallel step computes the ordinary step's gradients (float32 rounding:

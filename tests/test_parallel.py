@@ -17,7 +17,7 @@ from minipeft.optim import AdamW
 from minipeft.parallel import DataParallel, counted
 from minipeft.train import fit
 
-pytestmark = [pytest.mark.task_training,
+pytestmark = [pytest.mark.task_training, pytest.mark.infra,
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="DataParallel forks: Linux only")]
 
 V = 23

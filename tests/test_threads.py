@@ -19,7 +19,7 @@ from minipeft.autograd import Tensor
 from minipeft.gradcheck import gradcheck
 from minipeft.optim import AdamW
 
-pytestmark = pytest.mark.task_backend
+pytestmark = [pytest.mark.task_backend, pytest.mark.infra]
 
 
 @pytest.fixture

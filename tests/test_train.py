@@ -109,6 +109,7 @@ def test_unknown_select_key_names_what_eval_returned():
             select="accuracy", progress=False)
 
 
+@pytest.mark.infra
 def test_fit_keeps_freed_memory_on_numpy(monkeypatch):
     calls = []
     monkeypatch.setattr(backend, "keep_freed_memory", lambda keep=True: calls.append(keep) or True)
@@ -118,6 +119,7 @@ def test_fit_keeps_freed_memory_on_numpy(monkeypatch):
                                     f"the demo's time) and hand it back when it returns; calls: {calls}")
 
 
+@pytest.mark.infra
 def test_keep_freed_memory_stops_page_faults_on_reuse():
     """After it, freeing and allocating the same 64 MB again costs no page faults (glibc/Linux)."""
     import platform
