@@ -14,5 +14,5 @@ METHODS = registry.discover()
 for _m in METHODS.values():
     globals()[_m.CONFIG.__name__] = _m.CONFIG        # LoraConfig, AdapterConfig, ...
 
-__all__ = ["PeftModel", "apply", "get_peft_model", "routed_sum", "METHODS"] + \
-    [m.CONFIG.__name__ for m in METHODS.values()]
+__all__ = ["PeftModel", "apply", "get_peft_model", "routed_sum", "METHODS"]
+__all__ += [m.CONFIG.__name__ for m in METHODS.values()]

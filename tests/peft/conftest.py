@@ -124,3 +124,13 @@ def tiny32(backend):
     """Tiny models in float32 on the test's backend (see `Tiny`)."""
     with _backend.default_dtype_as(numpy.float32):
         yield Tiny(backend)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_path(tmp_path_factory):
+    """A small BPE tokenizer (291 ids) trained on a few sentences, for the init-from-text tests."""
+    from minipeft.data.tokenizer import train_tokenizer
+    d = tmp_path_factory.mktemp("tok")
+    (d / "c.txt").write_text("table to text\nthe movie was great\nthe movie was terrible\n" * 20)
+    train_tokenizer(d / "c.txt", vocab_size=300, out_path=d / "tokenizer.json")
+    return str(d / "tokenizer.json")

@@ -8,50 +8,21 @@ from __future__ import annotations
 
 import pytest
 
-import minipeft
 from minipeft import backend as B, ops
 from minipeft.autograd import Tensor, no_grad
 from minipeft.generate import greedy
 from minipeft.gradcheck import gradcheck
-from minipeft.nn import Transformer, TransformerConfig
 from minipeft.optim import AdamW
 from minipeft.peft import PeftModel, PrefixConfig, apply
 from minipeft.peft import prefix as prefix_method
 
+from soft_inputs import SEP, batch, trainable, wide
+
 np = B.host()
-SEP = 3          # minipeft's <sep>: the infix goes before it
-V = 300          # room for the test tokenizer's 291 ids
-
-
-def tiny(arch="gpt2", seed=0, dtype=np.float64, scale=1.0, **kw):
-    B.set_default_dtype(dtype)
-    minipeft.manual_seed(seed)
-    m = Transformer(TransformerConfig(arch=arch, vocab_size=V, n_ctx=48, d_model=16, n_layer=2, n_head=2, **kw))
-    for _, p in m.named_parameters():
-        if p.data.ndim == 2 and scale != 1.0:
-            p.data *= scale
-    return m
-
-
-def batch(Bn=3, T=6, seed=0, sep_at=None):
-    ids = np.random.default_rng(seed).integers(7, 100, (Bn, T))
-    if sep_at is not None:
-        for b, s in enumerate(sep_at):
-            ids[b, s] = SEP
-    return ids
 
 
 def base_state(model):
     return {k: B.to_numpy(v).copy() for k, v in model.state_dict().items()}
-
-
-@pytest.fixture(scope="module")
-def tokenizer_path(tmp_path_factory):
-    from minipeft.data.tokenizer import train_tokenizer
-    d = tmp_path_factory.mktemp("tok")
-    (d / "c.txt").write_text("table to text\nthe movie was great\nthe movie was terrible\n" * 20)
-    train_tokenizer(d / "c.txt", vocab_size=V, out_path=d / "tokenizer.json")
-    return str(d / "tokenizer.json")
 
 
 # ----------------------------------------------------------------------------- the attention op
@@ -92,27 +63,23 @@ def test_attention_prefix_start_matches_reference_and_gradcheck(backend, rand):
 
 # ----------------------------------------------------------------------------- gradients, training
 
-def _params(pm):
-    return [p for _, p in pm.named_parameters() if p.requires_grad]
-
-
 @pytest.mark.parametrize("arch", ["gpt2", "bert"])
 @pytest.mark.parametrize("projection", [True, False])
 def test_gradcheck_end_to_end(backend, arch, projection):
-    pm = apply(tiny(arch), PrefixConfig(num_virtual_tokens=3, prefix_projection=projection, encoder_hidden_size=8))
+    pm = apply(wide(arch), PrefixConfig(num_virtual_tokens=3, prefix_projection=projection, encoder_hidden_size=8))
     ids = batch(2, 5)
-    params = _params(pm)
+    params = trainable(pm)
     assert len(params) == (5 if projection else 1)
     gradcheck(lambda *_: pm(ids)[0], *params, max_per_input=6, name=f"prefix {arch}")
 
 
 @pytest.mark.parametrize("projection", [True, False])
 def test_training_changes_only_the_prefix_and_lowers_the_loss(backend, projection):
-    model = tiny(dtype=np.float32, scale=5.0)              # weights of a trained model's size, not 0.02
+    model = wide(dtype=np.float32, scale=5.0)              # weights of a trained model's size, not 0.02
     before = base_state(model)
     pm = apply(model, PrefixConfig(num_virtual_tokens=4, encoder_hidden_size=32, prefix_projection=projection))
     ids, target = batch(4, 8, seed=1), np.full((4, 8), 42)  # the task: always predict token 42
-    opt = AdamW(_params(pm), lr=5e-2)
+    opt = AdamW(trainable(pm), lr=5e-2)
     losses = []
     for _ in range(10):
         _, loss = pm(ids, target)
@@ -132,7 +99,7 @@ def test_training_changes_only_the_prefix_and_lowers_the_loss(backend, projectio
                                  PrefixConfig(num_virtual_tokens=3, encoder_hidden_size=7, layers=(1,),
                                               modules_to_save=("cls_head",))])
 def test_counted_parameters_equal_formula_before_and_after_eject(backend, cfg):
-    model = tiny(n_labels=3)
+    model = wide(n_labels=3)
     mc = model.config
     pm = apply(model, cfg)
     f = prefix_method.formula(mc, cfg)
@@ -153,7 +120,7 @@ def test_counted_parameters_equal_formula_before_and_after_eject(backend, cfg):
 
 @pytest.mark.parametrize("arch", ["gpt2", "bert"])
 def test_eject_keeps_outputs_identical(backend, arch):
-    pm = apply(tiny(arch), PrefixConfig(num_virtual_tokens=4, encoder_hidden_size=10))
+    pm = apply(wide(arch), PrefixConfig(num_virtual_tokens=4, encoder_hidden_size=10))
     ids = batch(2, 6)
     before = pm(ids)[0].numpy()
     p = prefix_method.eject(pm, "default")
@@ -166,19 +133,19 @@ def test_eject_keeps_outputs_identical(backend, arch):
 
 @pytest.mark.parametrize("projection", [True, False])
 def test_save_load_round_trip_reproduces_outputs(backend, tmp_path, projection):
-    pm = apply(tiny(), PrefixConfig(num_virtual_tokens=3, prefix_projection=projection, encoder_hidden_size=8))
-    for p in _params(pm):                                   # move away from the initial values
+    pm = apply(wide(), PrefixConfig(num_virtual_tokens=3, prefix_projection=projection, encoder_hidden_size=8))
+    for p in trainable(pm):                                   # move away from the initial values
         p.data = p.data + B.rng.normal(p.shape, std=0.1, dtype=p.dtype)
     ids = batch(2, 6)
     out = pm(ids)[0].numpy()
     pm.save_pretrained(str(tmp_path))
-    loaded = PeftModel.from_pretrained(tiny(), str(tmp_path))           # same seed: same base
+    loaded = PeftModel.from_pretrained(wide(), str(tmp_path))           # same seed: same base
     np.testing.assert_array_equal(loaded(ids)[0].numpy(), out)
     assert not any(p.requires_grad for p in loaded.parameters())         # loaded frozen, as in HF
     if projection:
         prefix_method.eject(pm, "default")                                # the ejected form travels too
     pm.save_pretrained(str(tmp_path / "ejected"))
-    again = PeftModel.from_pretrained(tiny(), str(tmp_path / "ejected"))
+    again = PeftModel.from_pretrained(wide(), str(tmp_path / "ejected"))
     assert list(again.adapter_parameters("default")) == ["inputs.prompt_embeddings"]
     np.testing.assert_allclose(again(ids)[0].numpy(), out, rtol=1e-12, atol=1e-12)
 
@@ -198,7 +165,7 @@ def _alone(pm, ids, names):
 
 
 def test_per_sample_routing_equals_each_sample_alone(backend):
-    pm = apply(tiny(), PrefixConfig(num_virtual_tokens=3, encoder_hidden_size=8))
+    pm = apply(wide(), PrefixConfig(num_virtual_tokens=3, encoder_hidden_size=8))
     pm.add_adapter("short", PrefixConfig(num_virtual_tokens=2, prefix_projection=False))
     pm.add_adapter("top", PrefixConfig(num_virtual_tokens=4, prefix_projection=False, layers=(1,)))
     pm.add_adapter("infix", PrefixConfig(num_virtual_tokens=2, variant="infix", infix_token=SEP))
@@ -206,11 +173,11 @@ def test_per_sample_routing_equals_each_sample_alone(backend):
     names = ["default", "short", None, "infix", "top", "default"]
     mixed = pm(ids, adapter_names=names)[0].numpy()
     np.testing.assert_allclose(mixed, _alone(pm, ids, names), rtol=1e-10, atol=1e-12)
-    gradcheck(lambda *_: pm(ids, adapter_names=names)[0], *_params(pm), max_per_input=3, name="routed")
+    gradcheck(lambda *_: pm(ids, adapter_names=names)[0], *trainable(pm), max_per_input=3, name="routed")
 
 
 def test_active_adapters_concatenate_along_P(backend):
-    pm = apply(tiny(), PrefixConfig(num_virtual_tokens=3, encoder_hidden_size=8))
+    pm = apply(wide(), PrefixConfig(num_virtual_tokens=3, encoder_hidden_size=8))
     pm.add_adapter("b", PrefixConfig(num_virtual_tokens=2, prefix_projection=False))
     pm.set_adapter(["default", "b"])
     ids = batch(2, 5)
@@ -227,7 +194,7 @@ def test_a_callers_prefix_joins_a_layer_subset_or_infix_adapter(backend):
     gen = np.random.default_rng(5)
     extra = [(Tensor(B.to_device(gen.normal(size=(1, 2, 2, 8)))), Tensor(B.to_device(gen.normal(size=(1, 2, 2, 8)))))
              for _ in range(2)]                                                # (1, H, 2, D) per layer
-    pm = apply(tiny(), PrefixConfig(num_virtual_tokens=3, prefix_projection=False, layers=(1,)))
+    pm = apply(wide(), PrefixConfig(num_virtual_tokens=3, prefix_projection=False, layers=(1,)))
     ids = batch(3, 6, sep_at=[1, 2, 4])
     kv = prefix_method.per_layer(pm, "default")
     manual = [extra[0], (ops.concat([extra[1][0], kv[1][0]], axis=2), ops.concat([extra[1][1], kv[1][1]], axis=2))]
@@ -248,10 +215,10 @@ def test_a_callers_prefix_joins_a_layer_subset_or_infix_adapter(backend):
 
 @pytest.mark.parametrize("variant", ["prefix", "infix"])
 def test_cached_greedy_equals_uncached(backend, variant):
-    pm = apply(tiny(scale=30.0, dtype=np.float32), PrefixConfig(num_virtual_tokens=3, encoder_hidden_size=8,
+    pm = apply(wide(scale=30.0, dtype=np.float32), PrefixConfig(num_virtual_tokens=3, encoder_hidden_size=8,
                                                                 variant=variant, infix_token=SEP))
     with no_grad():
-        for p in _params(pm):
+        for p in trainable(pm):
             p.data = p.data * 3
     prompts = [[9, 12, SEP], [40, 5, SEP], [7, SEP, 20, 21]]
     cached = greedy(pm, prompts, max_new_tokens=6, use_cache=True)
@@ -272,7 +239,7 @@ def test_cached_greedy_equals_uncached(backend, variant):
 # ----------------------------------------------------------------------------- infix
 
 def test_infix_is_seen_only_from_the_separator_on(backend):
-    model = tiny()
+    model = wide()
     pm = apply(model, PrefixConfig(num_virtual_tokens=2, prefix_projection=False, variant="infix", infix_token=SEP))
     seps = [2, 4, 0]
     ids = batch(3, 7, sep_at=seps)
@@ -295,7 +262,7 @@ def test_infix_is_seen_only_from_the_separator_on(backend):
 @pytest.mark.parametrize("projection", [False, True])
 def test_words_init_starts_at_the_words_activations(backend, tokenizer_path, projection):
     from minipeft.data.tokenizer import Tokenizer
-    model = tiny()
+    model = wide()
     cfg = PrefixConfig(num_virtual_tokens=5, prefix_projection=projection, encoder_hidden_size=16,
                        init="words", init_text="table to text", tokenizer_path=tokenizer_path)
     pm = apply(model, cfg)
@@ -310,10 +277,10 @@ def test_words_init_starts_at_the_words_activations(backend, tokenizer_path, pro
 
 
 def test_random_init_distribution(backend):
-    pm = apply(tiny(), PrefixConfig(num_virtual_tokens=64, prefix_projection=False))
+    pm = apply(wide(), PrefixConfig(num_virtual_tokens=64, prefix_projection=False))
     theta = pm.inputs["default"].prompt_embeddings.numpy()              # N(0, 1), documented
     assert abs(theta.mean()) < 0.05 and abs(theta.std() - 1.0) < 0.05
-    pm2 = apply(tiny(), PrefixConfig(num_virtual_tokens=64))
+    pm2 = apply(wide(), PrefixConfig(num_virtual_tokens=64))
     e = pm2.inputs["default"].embedding.weight.numpy()                  # P' ~ N(0, 1)
     assert abs(e.std() - 1.0) < 0.05
 
@@ -339,6 +306,6 @@ def test_config_errors_are_clear(kw, match):
 
 def test_model_dependent_errors(backend):
     with pytest.raises(ValueError, match="model has layers 0..1"):
-        apply(tiny(), PrefixConfig(layers=(0, 5)))
+        apply(wide(), PrefixConfig(layers=(0, 5)))
     with pytest.raises(ValueError, match="needs a causal model"):
-        apply(tiny("bert"), PrefixConfig(variant="infix", infix_token=SEP))
+        apply(wide("bert"), PrefixConfig(variant="infix", infix_token=SEP))

@@ -4,55 +4,27 @@ from __future__ import annotations
 
 import pytest
 
-import minipeft
 from minipeft import backend as B, ops
 from minipeft.generate import greedy
 from minipeft.gradcheck import gradcheck
-from minipeft.nn import Transformer, TransformerConfig
 from minipeft.optim import AdamW
 from minipeft.peft import PeftModel, PromptConfig, apply
 from minipeft.peft import prompt as prompt_method
 
+from soft_inputs import batch, trainable, wide
+
 np = B.host()
-V = 300          # room for the test tokenizer's 291 ids
-
-
-def tiny(arch="gpt2", seed=0, dtype=np.float64, scale=1.0, **kw):
-    B.set_default_dtype(dtype)
-    minipeft.manual_seed(seed)
-    m = Transformer(TransformerConfig(arch=arch, vocab_size=V, n_ctx=48, d_model=16, n_layer=2, n_head=2, **kw))
-    for _, p in m.named_parameters():
-        if p.data.ndim == 2 and scale != 1.0:
-            p.data *= scale
-    return m
-
-
-def batch(Bn=3, T=6, seed=0):
-    return np.random.default_rng(seed).integers(7, 100, (Bn, T))
-
-
-def _params(pm):
-    return [p for _, p in pm.named_parameters() if p.requires_grad]
 
 
 def _pe(pm, name="default"):
     return pm.inputs[name].prompt_embeddings.numpy()
 
 
-@pytest.fixture(scope="module")
-def tokenizer_path(tmp_path_factory):
-    from minipeft.data.tokenizer import train_tokenizer
-    d = tmp_path_factory.mktemp("tok")
-    (d / "c.txt").write_text("table to text\nthe movie was great\nthe movie was terrible\n" * 20)
-    train_tokenizer(d / "c.txt", vocab_size=V, out_path=d / "tokenizer.json")
-    return str(d / "tokenizer.json")
-
-
 # ----------------------------------------------------------------------------- forward, gradients, training
 
 @pytest.mark.parametrize("arch", ["gpt2", "bert"])
 def test_gradcheck_end_to_end_and_prompt_is_prepended(backend, arch):
-    model = tiny(arch, n_labels=2)
+    model = wide(arch, n_labels=2)
     pm = apply(model, PromptConfig(num_virtual_tokens=3))
     ids = batch(2, 5)
     pe = pm.inputs["default"].prompt_embeddings
@@ -65,11 +37,11 @@ def test_gradcheck_end_to_end_and_prompt_is_prepended(backend, arch):
 
 
 def test_training_changes_only_the_prompt_and_lowers_the_loss(backend):
-    model = tiny(dtype=np.float32, scale=5.0)
+    model = wide(dtype=np.float32, scale=5.0)
     before = {k: B.to_numpy(v).copy() for k, v in model.state_dict().items()}
     pm = apply(model, PromptConfig(num_virtual_tokens=4))
     ids, target = batch(4, 8, seed=1), np.full((4, 8), 42)                 # always predict token 42
-    opt = AdamW(_params(pm), lr=5e-2)
+    opt = AdamW(trainable(pm), lr=5e-2)
     losses = []
     for _ in range(10):
         _, loss = pm(ids, target)
@@ -85,7 +57,7 @@ def test_training_changes_only_the_prompt_and_lowers_the_loss(backend):
 @pytest.mark.parametrize("cfg", [PromptConfig(num_virtual_tokens=7),
                                  PromptConfig(num_virtual_tokens=2, modules_to_save=("cls_head",))])
 def test_counted_parameters_equal_formula(backend, cfg):
-    pm = apply(tiny(n_labels=3), cfg)
+    pm = apply(wide(n_labels=3), cfg)
     f = prompt_method.formula(pm.config, cfg)
     expected = cfg.num_virtual_tokens * 16 + (16 * 3 + 3 if cfg.modules_to_save else 0)     # p * d (+ head)
     assert f == {"trainable": expected, "kept": expected}
@@ -96,19 +68,19 @@ def test_counted_parameters_equal_formula(backend, cfg):
 # ----------------------------------------------------------------------------- the three inits
 
 def test_random_init_is_uniform_half(backend):
-    pe = _pe(apply(tiny(), PromptConfig(num_virtual_tokens=64)))
+    pe = _pe(apply(wide(), PromptConfig(num_virtual_tokens=64)))
     assert pe.shape == (64, 16) and pe.min() >= -0.5 and pe.max() <= 0.5
     assert abs(pe.std() - 1 / np.sqrt(12)) < 0.02                          # U[-0.5, 0.5]: std 0.289
 
 
 def test_vocab_init_rows_are_distinct_non_special_token_embeddings(backend):
-    model = tiny()
+    model = wide()
     pe = _pe(apply(model, PromptConfig(num_virtual_tokens=20, init="vocab")))
     wte = model.wte.weight.numpy()
     ids = [int(np.flatnonzero((wte == row).all(axis=1))[0]) for row in pe]
     assert len(set(ids)) == 20 and min(ids) >= prompt_method.N_SPECIAL
     with pytest.raises(ValueError, match="no frequency list"):
-        apply(tiny(), PromptConfig(init="vocab", vocab_top_k=50))
+        apply(wide(), PromptConfig(init="vocab", vocab_top_k=50))
 
 
 def test_vocab_init_with_a_corpus_samples_the_most_frequent(backend, tokenizer_path, tmp_path):
@@ -119,7 +91,7 @@ def test_vocab_init_with_a_corpus_samples_the_most_frequent(backend, tokenizer_p
     top = set(tok.encode("the movie was great"))                          # 4 tokens, 5 times each
     counts = prompt_method.token_counts(tok, corpus)
     assert all(counts[t] == 5 for t in top) and counts.sum() == 5 * 4 + len(tok.encode("table to text"))
-    model = tiny()
+    model = wide()
     pm = apply(model, PromptConfig(num_virtual_tokens=4, init="vocab", vocab_top_k=4, vocab_corpus=str(corpus),
                                    tokenizer_path=tokenizer_path))
     wte = model.wte.weight.numpy()
@@ -130,7 +102,7 @@ def test_vocab_init_with_a_corpus_samples_the_most_frequent(backend, tokenizer_p
 def test_text_init_averages_label_tokens_and_fills_with_vocab(backend, tokenizer_path):
     from minipeft.data.tokenizer import Tokenizer
     tok = Tokenizer.from_file(tokenizer_path)
-    model = tiny()
+    model = wide()
     labels = ("terrible", " great")
     pm = apply(model, PromptConfig(num_virtual_tokens=5, init="text", init_text=labels, tokenizer_path=tokenizer_path))
     pe, wte = _pe(pm), model.wte.weight.numpy()
@@ -146,7 +118,7 @@ def test_text_init_averages_label_tokens_and_fills_with_vocab(backend, tokenizer
 # ----------------------------------------------------------------------------- several adapters
 
 def test_per_sample_routing_equals_each_sample_alone(backend):
-    pm = apply(tiny(), PromptConfig(num_virtual_tokens=3))
+    pm = apply(wide(), PromptConfig(num_virtual_tokens=3))
     pm.add_adapter("b", PromptConfig(num_virtual_tokens=3, init="vocab"))
     ids = batch(4, 6)
     names = ["b", "default", "default", "b"]
@@ -156,7 +128,7 @@ def test_per_sample_routing_equals_each_sample_alone(backend):
         pm.set_adapter(n)
         alone.append(pm(ids[i:i + 1])[0].numpy())
     np.testing.assert_allclose(mixed, np.concatenate(alone), rtol=1e-10, atol=1e-12)
-    gradcheck(lambda *_: pm(ids, adapter_names=names)[0], *_params(pm), max_per_input=4, name="routed prompts")
+    gradcheck(lambda *_: pm(ids, adapter_names=names)[0], *trainable(pm), max_per_input=4, name="routed prompts")
     pm.add_adapter("long", PromptConfig(num_virtual_tokens=5))
     with pytest.raises(ValueError, match="different lengths"):
         pm(ids, adapter_names=["b", "long", "b", "b"])
@@ -165,7 +137,7 @@ def test_per_sample_routing_equals_each_sample_alone(backend):
 
 
 def test_active_prompts_concatenate(backend):
-    model = tiny()
+    model = wide()
     pm = apply(model, PromptConfig(num_virtual_tokens=2))
     pm.add_adapter("b", PromptConfig(num_virtual_tokens=3))
     pm.set_adapter(["default", "b"])
@@ -178,19 +150,19 @@ def test_active_prompts_concatenate(backend):
 # ----------------------------------------------------------------------------- save/load, generation
 
 def test_save_load_round_trip_reproduces_outputs(backend, tmp_path):
-    pm = apply(tiny(n_labels=2), PromptConfig(num_virtual_tokens=4, modules_to_save=("cls_head",)))
-    for p in _params(pm):
+    pm = apply(wide(n_labels=2), PromptConfig(num_virtual_tokens=4, modules_to_save=("cls_head",)))
+    for p in trainable(pm):
         p.data = p.data + B.rng.normal(p.shape, std=0.1, dtype=p.dtype)
     ids = batch(2, 6)
     out, cls = pm(ids)[0].numpy(), pm.classify(ids).numpy()
     pm.save_pretrained(str(tmp_path))
-    loaded = PeftModel.from_pretrained(tiny(n_labels=2), str(tmp_path))
+    loaded = PeftModel.from_pretrained(wide(n_labels=2), str(tmp_path))
     np.testing.assert_array_equal(loaded(ids)[0].numpy(), out)
     np.testing.assert_array_equal(loaded.classify(ids).numpy(), cls)      # the trained head came along
 
 
 def test_cached_greedy_equals_uncached(backend):
-    pm = apply(tiny(scale=30.0, dtype=np.float32), PromptConfig(num_virtual_tokens=3))
+    pm = apply(wide(scale=30.0, dtype=np.float32), PromptConfig(num_virtual_tokens=3))
     pm.inputs["default"].prompt_embeddings.data *= 60
     prompts = [[9, 12, 5], [40, 5, 6], [7, 8]]
     cached = greedy(pm, prompts, max_new_tokens=6, use_cache=True)
