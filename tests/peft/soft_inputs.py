@@ -37,3 +37,23 @@ def batch(Bn=3, T=6, seed=0, sep_at=None):
 
 def trainable(pm) -> list:
     return [p for _, p in pm.named_parameters() if p.requires_grad]
+
+
+def base_state(model) -> dict:
+    """name -> host copy of every parameter of a model (to check frozen weights stay bit-identical)."""
+    return {k: B.to_numpy(v).copy() for k, v in model.state_dict().items()}
+
+
+def train_to_token(pm, token: int = 42, steps: int = 10, lr: float = 5e-2) -> list:
+    """AdamW on the task "always predict `token`" over a fixed batch; the loss of every step."""
+    from minipeft.optim import AdamW
+    ids, target = batch(4, 8, seed=1), np.full((4, 8), token)
+    opt = AdamW(trainable(pm), lr=lr)
+    losses = []
+    for _ in range(steps):
+        _, loss = pm(ids, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses

@@ -12,17 +12,12 @@ from minipeft import backend as B, ops
 from minipeft.autograd import Tensor, no_grad
 from minipeft.generate import greedy
 from minipeft.gradcheck import gradcheck
-from minipeft.optim import AdamW
 from minipeft.peft import PeftModel, PrefixConfig, apply
 from minipeft.peft import prefix as prefix_method
 
-from soft_inputs import SEP, batch, trainable, wide
+from soft_inputs import SEP, base_state, batch, train_to_token, trainable, wide
 
 np = B.host()
-
-
-def base_state(model):
-    return {k: B.to_numpy(v).copy() for k, v in model.state_dict().items()}
 
 
 # ----------------------------------------------------------------------------- the attention op
@@ -78,15 +73,7 @@ def test_training_changes_only_the_prefix_and_lowers_the_loss(backend, projectio
     model = wide(dtype=np.float32, scale=5.0)              # weights of a trained model's size, not 0.02
     before = base_state(model)
     pm = apply(model, PrefixConfig(num_virtual_tokens=4, encoder_hidden_size=32, prefix_projection=projection))
-    ids, target = batch(4, 8, seed=1), np.full((4, 8), 42)  # the task: always predict token 42
-    opt = AdamW(trainable(pm), lr=5e-2)
-    losses = []
-    for _ in range(10):
-        _, loss = pm(ids, target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_to_token(pm, 42)                        # the task: always predict token 42
     assert losses[-1] < losses[0] - 0.3, losses
     after = base_state(model)
     assert all(np.array_equal(before[k], after[k]) for k in before), "a frozen base weight changed"

@@ -7,11 +7,10 @@ import pytest
 from minipeft import backend as B, ops
 from minipeft.generate import greedy
 from minipeft.gradcheck import gradcheck
-from minipeft.optim import AdamW
 from minipeft.peft import PeftModel, PromptConfig, apply
 from minipeft.peft import prompt as prompt_method
 
-from soft_inputs import batch, trainable, wide
+from soft_inputs import base_state, batch, train_to_token, trainable, wide
 
 np = B.host()
 
@@ -38,19 +37,11 @@ def test_gradcheck_end_to_end_and_prompt_is_prepended(backend, arch):
 
 def test_training_changes_only_the_prompt_and_lowers_the_loss(backend):
     model = wide(dtype=np.float32, scale=5.0)
-    before = {k: B.to_numpy(v).copy() for k, v in model.state_dict().items()}
+    before = base_state(model)
     pm = apply(model, PromptConfig(num_virtual_tokens=4))
-    ids, target = batch(4, 8, seed=1), np.full((4, 8), 42)                 # always predict token 42
-    opt = AdamW(trainable(pm), lr=5e-2)
-    losses = []
-    for _ in range(10):
-        _, loss = pm(ids, target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_to_token(pm, 42)                                        # always predict token 42
     assert losses[-1] < losses[0] - 0.2, losses
-    after = {k: B.to_numpy(v) for k, v in model.state_dict().items()}
+    after = base_state(model)
     assert all(np.array_equal(before[k], after[k]) for k in before), "a frozen base weight changed"
 
 
