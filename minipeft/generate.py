@@ -18,13 +18,13 @@ keeps its keys and values (`model.new_cache()`); every later step feeds only the
 whose query attends to the cached keys. Same numbers, far less work. use_cache=False is kept as
 the slow reference that the tests compare against.
 
-Prompts of different lengths. The model has learned absolute positions starting at 0 for the
-first token it sees (plus the cache length afterwards). Left-padding a batch would shift every
-short prompt's real tokens to later positions and change the result. So this module never pads:
-greedy and sampling batch together the prompts that have the SAME length (one group per length,
-no attention mask needed) and drop a row from the batch when it finishes; beam search decodes one
-prompt at a time, its num_beams beams forming the batch. Every output is exactly what decoding
-that prompt alone would give.
+Prompts of different lengths decode as one batch. The model has learned absolute positions
+starting at 0 for a sequence's first token, so a batch is padded on the left (every row's newest
+token in the last column) with per-row position ids counted from each row's first real token and
+an attention mask over the padding keys (see _Stepper). Greedy and sampling drop a row from the
+batch when it finishes; beam search keeps the live beams of every prompt in one batch. Every
+output is what decoding that prompt alone gives (to float rounding of the logits: a batch of
+another shape may sum in another order; tests/test_generate.py checks the tokens).
 
 PEFT inputs. `prefix` (prefix tuning: per layer a (k_p, v_p) pair, each (1 or B, H, P, D)) is
 not part of the cache, so it is passed to `model.encode` on EVERY step. `prompt` (prompt tuning:
@@ -48,10 +48,11 @@ are restored afterwards.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 
-from . import backend
+from . import backend, ops
 from .autograd import Tensor, no_grad
 
 METHODS = ("greedy", "beam", "sample")
@@ -159,23 +160,56 @@ def _rows(t, rows):
 class _Stepper:
     """Runs the model one step at a time and returns the next-token logits (B, V) of each row.
 
-    With a cache, `start` encodes the prompts (with the soft prompt) and fills the cache; each
-    `step` feeds one new token per row. Without a cache, every call re-encodes the whole sequence.
-    All rows of the batch always have the same length, so no padding and no attention mask.
+    Rows may have different lengths. They are padded on the LEFT to the longest, so that every
+    row's newest token sits in the last column,
+
+        row 0:  <pad> <pad>  t0  t1  t2          pads[0] = 2
+        row 1:   t0    t1    t2  t3  t4          pads[1] = 0
+
+    and two inputs keep the padding out of the result: `position_ids` count each row's positions
+    from its own first real token (column - pads[b]), and `attention_mask` hides the padding keys
+    from every query. A row then computes what it would compute alone, to float rounding. With
+    equal lengths nothing is padded and neither input is passed. With a cache, `start` encodes the
+    prompts and fills the cache; each `step` feeds one new token per row. A soft prompt (given
+    here, or added by a prompt-tuning adapter inside a PeftModel) takes the first P positions and
+    P cached keys: P is read off the cache after `start`, as its length minus the token columns.
     """
+
+    PAD = 0                                    # any valid id: padded positions are never attended
 
     def __init__(self, model, ids, prefix, prompt, use_cache):
         self.model = model
         self.seqs = [list(r) for r in ids]     # the host copy of every row (prompt + new tokens)
+        width = max(len(r) for r in ids)
+        self.pads = [width - len(r) for r in ids]
+        self.P = 0                             # soft-prompt keys in the cache (known after start)
         self.prefix, self.prompt = prefix, prompt
         self.cache = model.new_cache() if use_cache else None
 
-    def _logits(self, ids, prompt):
-        h = self.model.encode(ids, prefix=self.prefix, cache=self.cache, prompt=prompt)  # (B, T, d)
-        return self.model.lm_logits(h[:, -1:]).data[:, 0]                                # (B, V)
+    def _padding(self, width: int):
+        """Host arrays for `width` token columns: the mask (B, width), 1 = real token, and the
+        token positions (B, width): column - pads[b] (0 on the padding, which no one sees)."""
+        np = backend.host()
+        col, pads = np.arange(width)[None, :], np.asarray(self.pads)[:, None]
+        return (col >= pads).astype(np.int64), np.maximum(col - pads, 0)
+
+    def _logits(self, ids, prompt, **padding):
+        h = self.model.encode(ids, prefix=self.prefix, cache=self.cache, prompt=prompt, **padding)  # (B, T, d)
+        return self.model.lm_logits(h[:, -1:]).data[:, 0]                                           # (B, V)
+
+    def _encode_all(self):
+        """Every row from its first token (the start, and every step without a cache)."""
+        rows = [[self.PAD] * p + s for p, s in zip(self.pads, self.seqs)]
+        if not any(self.pads):
+            return self._logits(rows, self.prompt)
+        mask, pos = self._padding(len(rows[0]))
+        return self._logits(rows, self.prompt, attention_mask=mask, position_ids=pos)
 
     def start(self):
-        return self._logits(self.seqs, self.prompt)
+        logits = self._encode_all()
+        if self.cache is not None:
+            self.P = self.cache[0]["k"].shape[2] - len(self.seqs[0]) - self.pads[0]
+        return logits
 
     def keep(self, rows: list[int]) -> None:
         """Continue with these rows of the batch, in this order (repeats allowed): drops finished
@@ -183,6 +217,7 @@ class _Stepper:
         if rows == list(range(len(self.seqs))):
             return
         self.seqs = [list(self.seqs[r]) for r in rows]
+        self.pads = [self.pads[r] for r in rows]
         idx = backend.to_device(rows, dtype=backend.int64)  # a few ints up to the device
         if self.prefix is not None:
             self.prefix = [(_rows(k, idx), _rows(v, idx)) for k, v in self.prefix]
@@ -195,26 +230,20 @@ class _Stepper:
         for s, t in zip(self.seqs, tokens):
             s.append(t)
         if self.cache is None:          # re-encode everything, the soft prompt included
-            return self._logits(self.seqs, self.prompt)
-        # only the new tokens; the soft prompt's keys/values are already in the cache
-        return self._logits([[t] for t in tokens], None)
+            return self._encode_all()
+        new = [[t] for t in tokens]     # only the new tokens; the soft prompt's keys are cached
+        if not any(self.pads):
+            return self._logits(new, None)
+        mask, pos = self._padding(len(self.seqs[0]) + self.pads[0])
+        np = backend.host()
+        keys = np.concatenate([np.ones((len(new), self.P), np.int64), mask], axis=1)   # (B, P + width)
+        return self._logits(new, None, attention_mask=keys, position_ids=pos[:, -1:] + self.P)
 
 
-class _eval_mode:
-    """Eval mode (dropout off) for the duration of a `with`, then each module's flag restored."""
-
-    def __init__(self, model):
-        self.model, self.saved = model, []
-
-    def __enter__(self):
-        mods = self.model.modules() if hasattr(self.model, "modules") else []
-        self.saved = [(m, m.training) for m in mods]
-        if hasattr(self.model, "eval"):
-            self.model.eval()
-
-    def __exit__(self, *exc):
-        for m, flag in self.saved:
-            m.training = flag
+def _eval_mode(model):
+    """`model.eval_mode()` (dropout off, each module's training flag restored afterwards); a
+    stand-in model without modules (the tests' table LM) has nothing to switch."""
+    return model.eval_mode() if hasattr(model, "eval_mode") else contextlib.nullcontext()
 
 
 def _prepare(model, prompt_ids, max_new_tokens, eos_id, prefix, prompt):
@@ -226,43 +255,27 @@ def _prepare(model, prompt_ids, max_new_tokens, eos_id, prefix, prompt):
     return prompts, prefix, prompt
 
 
-def _by_length(prompts) -> dict[int, list[int]]:
-    """Indices of the prompts grouped by length (each group decodes as one batch, unpadded)."""
-    groups: dict[int, list[int]] = {}
-    for i, p in enumerate(prompts):
-        groups.setdefault(len(p), []).append(i)
-    return groups
-
-
-def _select(prefix, prompt, rows):
-    idx = backend.to_device(rows, dtype=backend.int64)
-    if prefix is not None:
-        prefix = [(_rows(k, idx), _rows(v, idx)) for k, v in prefix]
-    return prefix, _rows(prompt, idx)
-
-
 def _decode(model, prompts, max_new_tokens, eos_id, choose, use_cache, prefix, prompt):
     """The loop shared by greedy and sampling; `choose(logits (B, V)) -> B host ints` is the
-    only difference between them."""
+    only difference between them. All prompts form one batch (left-padded, see _Stepper); a
+    row leaves the batch when it has produced eos_id."""
     out = [[] for _ in prompts]
     if max_new_tokens == 0:
         return out
     with no_grad(), _eval_mode(model):
-        for rows in _by_length(prompts).values():
-            pre, pro = _select(prefix, prompt, rows)
-            stepper = _Stepper(model, [prompts[r] for r in rows], pre, pro, use_cache)
-            live = list(rows)                # the output row of each batch row
-            logits = stepper.start()
-            for step in range(max_new_tokens):
-                tokens = choose(logits)
-                for r, t in zip(live, tokens):
-                    out[r].append(t)
-                going = [i for i, t in enumerate(tokens) if t != eos_id]
-                if not going or step == max_new_tokens - 1:
-                    break
-                live = [live[i] for i in going]
-                stepper.keep(going)          # finished rows leave the batch (and the cache)
-                logits = stepper.step([tokens[i] for i in going])
+        stepper = _Stepper(model, prompts, prefix, prompt, use_cache)
+        live = list(range(len(prompts)))     # the output row of each batch row
+        logits = stepper.start()
+        for step in range(max_new_tokens):
+            tokens = choose(logits)
+            for r, t in zip(live, tokens):
+                out[r].append(t)
+            going = [i for i, t in enumerate(tokens) if t != eos_id]
+            if not going or step == max_new_tokens - 1:
+                break
+            live = [live[i] for i in going]
+            stepper.keep(going)              # finished rows leave the batch (and the cache)
+            logits = stepper.step([tokens[i] for i in going])
     return out
 
 
@@ -274,6 +287,17 @@ def _argsort_desc(a):
         return backend.xp.argsort(-a, axis=-1, kind="stable")
     return backend.xp.argsort(-a, axis=-1)                      # CuPy's sort is always stable
 
+
+
+def _top_desc(a, n: int):
+    """Indices of the n largest entries of the 1-D array a, largest first, ties in index order:
+    the first n of `_argsort_desc(a)`, without sorting all of a (beam search needs 2K of K V)."""
+    xp = backend.xp
+    if n >= a.size:
+        return _argsort_desc(a)
+    kth = xp.partition(a, a.size - n)[a.size - n]           # the n-th largest value
+    idx = xp.flatnonzero(a >= kth)                          # all at least as large, in index order
+    return idx[_argsort_desc(a[idx])][:n]                   # (ties at kth: the lowest indices)
 
 
 def _argmax(logits) -> list[int]:
@@ -359,49 +383,77 @@ def sample(model, prompt_ids, max_new_tokens: int, eos_id: int | None = None, te
 # ----------------------------------------------------------------------------- beam search
 
 def _log_softmax(z):
-    z = z - z.max(axis=-1, keepdims=True)
-    return z - backend.xp.log(backend.xp.exp(z).sum(axis=-1, keepdims=True))
+    """log softmax over the last axis of a raw array (the op's forward; no graph under no_grad)."""
+    return ops.log_softmax(Tensor(z)).data
 
 
-def _beam_one(model, ids, max_new_tokens, eos_id, num_beams, length_penalty, use_cache, prefix, prompt):
-    """Beam search for one prompt; returns (tokens, normalised score) of the best hypothesis."""
-    xp, K = backend.xp, num_beams
-    stepper = _Stepper(model, [ids], prefix, prompt, use_cache)
-    logits = stepper.start()                         # one row: all beams start from the prompt
-    beams, scores = [[]], [0.0]                      # live beams and their sums of log-probabilities
-    finished = []                                    # (tokens ending in eos, sum of log-probabilities)
-    for step in range(max_new_tokens):
-        V = logits.shape[-1]
+class _Search:
+    """The beam search of one prompt: its live beams with their sums of log-probabilities, its
+    finished hypotheses, and the rows of the batch that hold its beams."""
+
+    def __init__(self, row: int):
+        self.beams, self.scores = [[]], [0.0]       # all beams start from the prompt
+        self.finished = []                          # (tokens ending in eos, sum of log-probabilities)
+        self.rows = [row]
+
+    def extend(self, logp, K: int, eos_id):
+        """One step: the best K extensions of the live beams, from logp (beams, V), the
+        log-probabilities of the next token after each beam. Returns (parents, tokens)."""
+        V = logp.shape[-1]
         # score of every one-token extension of every beam: (beams, V), flattened
-        total = backend.to_device(scores, dtype=logits.dtype)[:, None] + _log_softmax(logits)
+        total = backend.to_device(self.scores, dtype=logp.dtype)[:, None] + logp
         flat = total.reshape(-1)
-        top = _argsort_desc(flat)[:2 * K]            # the 2K best candidates, best first
+        top = _top_desc(flat, 2 * K)                 # the 2K best candidates, best first
         cand = zip(backend.to_numpy(top).tolist(), backend.to_numpy(flat[top]).tolist())
-        parents, tokens, new_scores = [], [], []
+        parents, tokens, scores = [], [], []
         for rank, (i, s) in enumerate(cand):
             b, t = divmod(i, V)
             if t == eos_id:                          # a beam ends: a finished hypothesis
                 if rank < K:                         # (only if it ranks among the K best)
-                    finished.append((beams[b] + [t], s))
+                    self.finished.append((self.beams[b] + [t], s))
                 continue
             parents.append(b)
             tokens.append(t)
-            new_scores.append(s)
+            scores.append(s)
             if len(parents) == K:
                 break
-        beams = [beams[b] + [t] for b, t in zip(parents, tokens)]
-        scores = new_scores
-        if len(finished) >= K or not beams or step == max_new_tokens - 1:
+        self.beams = [self.beams[b] + [t] for b, t in zip(parents, tokens)]
+        self.scores = scores
+        return parents, tokens
+
+    def best(self, K: int, length_penalty: float):
+        """The hypothesis with the best length-normalised score, score / length ** length_penalty."""
+        pool = self.finished if len(self.finished) >= K else self.finished + list(zip(self.beams, self.scores))
+        return max(pool, key=lambda h: h[1] / len(h[0]) ** length_penalty)[0]
+
+
+def _beam_batch(model, prompts, max_new_tokens, eos_id, K, length_penalty, use_cache, prefix, prompt):
+    """Beam search for every prompt at once: the batch holds the live beams of all prompts that
+    are still searching, each prompt's beams in consecutive rows. Each prompt chooses among its
+    own candidates exactly as it would alone; a prompt that is done leaves the batch."""
+    stepper = _Stepper(model, prompts, prefix, prompt, use_cache)
+    logits = stepper.start()                         # (N, V): one row per prompt
+    searches = [_Search(i) for i in range(len(prompts))]
+    live = list(range(len(prompts)))
+    for step in range(max_new_tokens):
+        logp = _log_softmax(logits)                  # (rows, V)
+        rows, tokens, still = [], [], []
+        for i in live:
+            s = searches[i]
+            parents, new = s.extend(logp[s.rows[0]:s.rows[-1] + 1], K, eos_id)
+            if len(s.finished) >= K or not s.beams or step == max_new_tokens - 1:
+                continue                             # done: its rows leave the batch
+            first = len(rows)
+            rows += [s.rows[b] for b in parents]     # the parents' rows, copied/reordered below
+            tokens += new
+            s.rows = list(range(first, len(rows)))
+            still.append(i)
+        live = still
+        if not live:
             break
-        stepper.keep(parents)                        # copy/reorder the cache rows of the parents
+        stepper.keep(rows)                           # copy/reorder the cache rows of the parents
         logits = stepper.step(tokens)
-    pool = finished if len(finished) >= K else finished + list(zip(beams, scores))
-
-    def normalised(h):                               # score / length ** length_penalty
-        return h[1] / len(h[0]) ** length_penalty
-
-    best = max(pool, key=normalised)
-    return best[0], normalised(best)
+    return [s.best(K, length_penalty) for s in searches]
 
 
 def beam_search(model, prompt_ids, max_new_tokens: int, eos_id: int | None = None, num_beams: int = 4,
@@ -424,7 +476,8 @@ def beam_search(model, prompt_ids, max_new_tokens: int, eos_id: int | None = Non
     shorter ones. (GNMT, Wu et al. 2016, divides by ((5 + length) / 6) ** alpha instead.)
 
     num_beams=1 is greedy decoding. With num_beams >= V ** max_new_tokens the search is exhaustive.
-    Each prompt is searched separately, its beams forming the batch.
+    All prompts are searched at once, their beams together forming the batch; each prompt's
+    result is the one it gets alone.
     """
     if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1:
         raise ValueError(f"num_beams must be an integer >= 1 (1 = greedy), got {num_beams!r}")
@@ -434,14 +487,9 @@ def beam_search(model, prompt_ids, max_new_tokens: int, eos_id: int | None = Non
     prompts, prefix, prompt = _prepare(model, prompt_ids, max_new_tokens, eos_id, prefix, prompt)
     if max_new_tokens == 0:
         return [[] for _ in prompts]
-    out = []
     with no_grad(), _eval_mode(model):
-        for i, ids in enumerate(prompts):
-            pre, pro = _select(prefix, prompt, [i])
-            tokens, _ = _beam_one(model, ids, max_new_tokens, eos_id, num_beams, float(length_penalty),
-                                  use_cache, pre, pro)
-            out.append(tokens)
-    return out
+        return _beam_batch(model, prompts, max_new_tokens, eos_id, num_beams, float(length_penalty),
+                           use_cache, prefix, prompt)
 
 
 # ----------------------------------------------------------------------------- one entry point

@@ -150,6 +150,62 @@ def test_cache_feeds_one_token_prefix_every_step_soft_prompt_once(monkeypatch):
     assert calls[1:] == [((1, 1), True, False)] * 5
 
 
+# ----------------------------------------------------------------------------- one batch for all lengths
+
+def test_prompts_of_different_lengths_decode_as_one_left_padded_batch(monkeypatch):
+    m = make_model()
+    calls, encode = [], m.encode
+
+    def spy(ids, **kw):
+        calls.append((np.asarray(ids).shape, kw.get("attention_mask") is not None))
+        return encode(ids, **kw)
+
+    monkeypatch.setattr(m, "encode", spy)
+    out = greedy(m, PROMPTS, 6)
+    assert calls == [((5, 5), True)] + [((5, 1), True)] * 5      # 6 forward calls, not 6 per length
+    monkeypatch.undo()
+    assert out == [greedy(m, [p], 6)[0] for p in PROMPTS]
+
+
+@pytest.mark.parametrize("eos_id", [None, 16])
+def test_batched_beam_search_equals_each_prompt_alone(backend, eos_id):
+    m = make_model()
+    prefix, soft = make_prefix(m, rows=len(PROMPTS)), make_soft_prompt(m, rows=len(PROMPTS))
+    for kw in ({}, {"prefix": prefix}, {"prompt": soft}):
+        out = beam_search(m, PROMPTS, 9, eos_id=eos_id, num_beams=3, **kw)
+        alone = []
+        for i, p in enumerate(PROMPTS):
+            mine = {k: ([(row(a, i), row(b, i)) for a, b in v] if k == "prefix" else row(v, i)) for k, v in kw.items()}
+            alone.append(beam_search(m, [p], 9, eos_id=eos_id, num_beams=3, **mine)[0])
+        assert out == alone, kw
+        assert out == beam_search(m, PROMPTS, 9, eos_id=eos_id, num_beams=3, use_cache=False, **kw)
+
+
+@pytest.mark.parametrize("method", ["lora", "prefix", "prompt", "infix"])
+def test_adapted_models_decode_mixed_lengths_in_one_batch_as_alone(backend, method):
+    """A PeftModel adds its own prefix rows or soft prompt inside encode: the batch must still
+    give each prompt what it gives alone (the stepper reads the soft prompt's length off the cache)."""
+    from minipeft.peft import LoraConfig, PrefixConfig, PromptConfig, apply
+    m = make_model()
+    cfg = {"lora": LoraConfig(r=2, target_modules=("q", "v", "fc")),
+           "prefix": PrefixConfig(num_virtual_tokens=3, prefix_projection=False),
+           "prompt": PromptConfig(num_virtual_tokens=2),
+           "infix": PrefixConfig(num_virtual_tokens=3, prefix_projection=False, variant="infix",
+                                 infix_token=3)}[method]
+    pm = apply(m, cfg)
+    g = np.random.default_rng(0)
+    for name, p in pm.named_parameters():
+        if p.requires_grad:                            # trained-looking adapter weights
+            p.data = B.to_device(g.normal(0, 3.0, p.shape).astype(np.float32))
+    prompts = PROMPTS if method != "infix" else [[1, 3, 2], [4, 3], [6, 7, 3, 8], [9, 3, 11, 12, 13], [3, 15]]
+    for decode in (lambda ps: greedy(pm, ps, 8), lambda ps: beam_search(pm, ps, 6, num_beams=3)):
+        out = decode(prompts)
+        assert out == [decode([p])[0] for p in prompts], method
+    with pm.disable_adapter():
+        plain = greedy(pm, prompts, 8)
+    assert greedy(pm, prompts, 8) != plain                                 # the adapter matters
+
+
 # ----------------------------------------------------------------------------- beam search
 
 def test_beam_size_one_is_greedy(backend):
@@ -459,3 +515,12 @@ def test_generate_text(tok):
     assert generate_text(m, tok, "the cat", max_new_tokens=6, method="beam", num_beams=2) == out[:1]
     assert generate_text(m, tok, [""], max_new_tokens=3, eos_id=None)[0] == \
         tok.decode(greedy(m, [[tok.bos_id]], 3)[0])
+
+
+def test_top_candidates_without_a_full_sort_match_the_stable_sort_ties_included():
+    from minipeft.generate import _argsort_desc, _top_desc
+    g = np.random.default_rng(0)
+    for _ in range(200):
+        a = B.to_device(g.integers(0, 5, size=int(g.integers(1, 40))).astype(np.float32))   # many ties
+        n = int(g.integers(1, 12))
+        assert B.to_numpy(_top_desc(a, n)).tolist() == B.to_numpy(_argsort_desc(a)[:n]).tolist(), (a, n)
