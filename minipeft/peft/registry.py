@@ -26,8 +26,9 @@ parameters change). Then, required:
                     requires_grad instead (and is EXCLUSIVE). A config that does not fit the
                     model raises ValueError; PeftModel undoes whatever a failed add left.
     formula(model_config, config) -> {"trainable": int, "kept": int, ...}
-                    closed-form counts without allocating weights: the parameters that train,
-                    and those save_pretrained keeps (prefix tuning drops its MLP). An EXCLUSIVE
+                    closed-form counts without allocating weights: the parameters that train
+                    (and that save_pretrained writes), and those kept once training is over
+                    (prefix tuning's `eject` drops its MLP; elsewhere kept = trainable). An EXCLUSIVE
                     method also takes mlm_head=True (BERT's MLM head; HF's counts leave it out).
                     Task heads in modules_to_save count through common.task_heads.
     DEFAULT_LR      the learning rate `finetune` uses when none is given.
