@@ -47,7 +47,11 @@ def linear(x, w, b=None):
 # ----------------------------------------------------------------------------- layer norm
 
 class LayerNorm(Function):
-    """y = (x - mu) / sqrt(var + eps) * w + b over the last axis.  x: (..., d), w, b: (d,)."""
+    """y = (x - mu) / sqrt(var + eps) * w + b over the last axis.  x: (..., d), w, b: (d,).
+
+    The equations, one line each: reference.LayerNorm (minipeft/ops/reference.py). This one
+    computes the same in blocks of rows in parallel threads, in place (tests/ops/test_reference.py
+    checks that the two agree to rounding)."""
 
     @staticmethod
     def forward(ctx, x, w, b, eps=1e-5):
@@ -103,14 +107,15 @@ class CrossEntropy(Function):
     """Mean over non-ignored rows of -log softmax(logits)[target].
 
     logits: (N, C) float; targets: (N,) integers, rows with target == ignore_index do not count.
+
+    The equations, one line each: reference.CrossEntropy (minipeft/ops/reference.py). This one
+    computes the same in blocks of rows in parallel threads and reuses the softmax buffer for the
+    gradient (tests/ops/test_reference.py checks that the two agree to rounding).
     """
 
     @staticmethod
     def forward(ctx, logits, targets, ignore_index=-100):
         xp = backend.xp
-        if logits.ndim != 2 or targets.shape != logits.shape[:1]:
-            raise ValueError(f"cross_entropy expects logits (N, C) and targets (N,), got "
-                             f"{logits.shape} and {targets.shape}; reshape with .reshape(-1, C)")
         keep = targets != ignore_index                       # (N,)
         # kept rows, at least 1, as a device scalar of the logits' dtype: int(keep.sum()) would
         # make the CPU wait for the GPU here, in the middle of every training step
@@ -157,6 +162,11 @@ class CrossEntropy(Function):
 
 def cross_entropy(logits, targets, ignore_index=-100):
     """logits: Tensor (N, C) or (B, T, C); targets: int array / Tensor of the leading shape."""
+    return _apply_cross_entropy(CrossEntropy, logits, targets, ignore_index)
+
+
+def _apply_cross_entropy(fn, logits, targets, ignore_index):
+    """The arguments of cross_entropy as `fn` (this file's CrossEntropy or reference.py's) takes them."""
     if isinstance(targets, Tensor):
         targets = targets.data
     targets = backend.to_device(targets)
@@ -164,7 +174,10 @@ def cross_entropy(logits, targets, ignore_index=-100):
         c = logits.shape[-1]
         logits = logits.reshape(-1, c)
         targets = targets.reshape(-1)
-    return CrossEntropy.apply(logits, targets, ignore_index=ignore_index)
+    if logits.ndim != 2 or targets.shape != logits.shape[:1]:
+        raise ValueError(f"cross_entropy expects logits (N, C) and targets (N,), got "
+                         f"{logits.shape} and {targets.shape}; reshape with .reshape(-1, C)")
+    return fn.apply(logits, targets, ignore_index=ignore_index)
 
 
 # ----------------------------------------------------------------------------- embedding lookup
@@ -259,6 +272,11 @@ class Attention(Function):
             only when i >= prefix_start[b, p] (prefix rows take no position themselves). 0 = always
             visible (a prefix); the source length = an infix between source and target (Li & Liang
             Table 4); a huge value = never (a padding row when routed prefixes differ in length).
+
+    The equations and the backward, one line each: reference.Attention (minipeft/ops/reference.py,
+    its masks in reference.visible). This one computes the same in blocks of the batch (or heads)
+    in parallel threads, in place, with the masks built only when needed (tests/ops/test_reference.py
+    checks that the two agree to rounding).
     """
 
     @staticmethod
@@ -373,6 +391,11 @@ def _blocks_of(*arrays):
 
 
 def attention(q, k, v, k_prefix=None, v_prefix=None, causal=True, key_mask=None, prefix_start=None):
+    return _apply_attention(Attention, q, k, v, k_prefix, v_prefix, causal, key_mask, prefix_start)
+
+
+def _apply_attention(fn, q, k, v, k_prefix, v_prefix, causal, key_mask, prefix_start):
+    """The arguments of attention, checked and moved, as `fn` (Attention here or in reference.py) takes them."""
     if isinstance(key_mask, Tensor):
         key_mask = key_mask.data
     if key_mask is not None:
@@ -380,11 +403,10 @@ def attention(q, k, v, k_prefix=None, v_prefix=None, causal=True, key_mask=None,
     if (k_prefix is None) != (v_prefix is None):
         raise ValueError("attention: give both k_prefix and v_prefix, or neither")
     if k_prefix is None:
-        return Attention.apply(q, k, v, causal=causal, key_mask=key_mask)
+        return fn.apply(q, k, v, causal=causal, key_mask=key_mask)
     if prefix_start is not None:
         prefix_start = backend.to_device(prefix_start)
         if prefix_start.ndim != 2 or prefix_start.shape[1] != k_prefix.shape[2]:
             raise ValueError(f"attention: prefix_start has shape {tuple(prefix_start.shape)}; expected "
                              f"(B or 1, P={k_prefix.shape[2]}), one start position per prefix row")
-    return Attention.apply(q, k, v, k_prefix, v_prefix, causal=causal, key_mask=key_mask,
-                           prefix_start=prefix_start)
+    return fn.apply(q, k, v, k_prefix, v_prefix, causal=causal, key_mask=key_mask, prefix_start=prefix_start)
