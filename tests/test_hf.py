@@ -53,6 +53,15 @@ def hidden_of(model, name):
         return model.encode(ids, attention_mask=mask, token_type_ids=types)
 
 
+def agree_hidden_and_logits(model, name, logits_key):
+    """The model's hidden states and LM logits on the fixture's inputs, real tokens only."""
+    h = hidden_of(model, name)
+    real = inputs(name)[1].astype(bool)
+    agree(h, OUT[HIDDEN[name]], f"{name} hidden states", real)
+    with minipeft.no_grad():
+        agree(model.lm_logits(h), OUT[logits_key], f"{name} logits", real)
+
+
 # ----------------------------------------------------------------------------- import
 
 def test_bert_encoder_reproduces_transformers_hidden_states_and_pooler():
@@ -74,22 +83,14 @@ def test_bert_mlm_reproduces_transformers_logits_and_warns_of_the_fresh_pooler()
     with pytest.warns(UserWarning, match="pooler.dense is newly initialised"):
         model, _ = hf.load_pretrained(os.path.join(FIX, "bert-tiny-mlm"))
     assert model.config.mlm_head
-    h = hidden_of(model, "bert-tiny-mlm")
-    real = OUT["bert_mask"].astype(bool)
-    agree(h, OUT["bert_mlm_hidden"], "bert-tiny-mlm hidden states", real)
-    with minipeft.no_grad():
-        agree(model.lm_logits(h), OUT["bert_mlm_logits"], "bert-tiny-mlm MLM logits", real)
+    agree_hidden_and_logits(model, "bert-tiny-mlm", "bert_mlm_logits")
 
 
 def test_gpt2_reproduces_transformers_hidden_states_and_logits():
     model, tok = hf.load_pretrained(os.path.join(FIX, "gpt2-tiny"))
     c = model.config
     assert (c.arch, c.gelu, c.ln_eps, c.n_ctx) == ("gpt2", "tanh", 1e-5, 1024)
-    h = hidden_of(model, "gpt2-tiny")
-    real = OUT["gpt2_mask"].astype(bool)
-    agree(h, OUT["gpt2_hidden"], "gpt2-tiny last hidden state (after ln_f)", real)
-    with minipeft.no_grad():
-        agree(model.lm_logits(h), OUT["gpt2_logits"], "gpt2-tiny logits", real)
+    agree_hidden_and_logits(model, "gpt2-tiny", "gpt2_logits")          # hidden: after ln_f
 
 
 def test_roberta_reproduces_transformers_with_positions_counted_from_pad_plus_one():
@@ -98,11 +99,7 @@ def test_roberta_reproduces_transformers_with_positions_counted_from_pad_plus_on
     c = model.config
     assert (c.arch, c.n_ctx, c.n_types, c.pad_id) == ("bert", 512, 1, 1)     # 514 rows, 2 never used
     assert (tok.cls_id, tok.sep_id, tok.pad_id, tok.mask_id) == (0, 2, 1, 4)
-    h = hidden_of(model, "roberta-tiny-mlm")
-    real = OUT["roberta_mask"].astype(bool)
-    agree(h, OUT["roberta_mlm_hidden"], "roberta-tiny-mlm hidden states", real)
-    with minipeft.no_grad():
-        agree(model.lm_logits(h), OUT["roberta_mlm_logits"], "roberta-tiny-mlm MLM logits", real)
+    agree_hidden_and_logits(model, "roberta-tiny-mlm", "roberta_mlm_logits")
 
 
 def _copy(name, tmp_path):
