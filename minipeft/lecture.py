@@ -186,7 +186,7 @@ def execute_notebook(path: str, fast: bool, timeout: float | None = None, save: 
         kenv[FIGURES_ENV] = figures
     kenv["PYTHONPATH"] = os.pathsep.join([REPO] + [p for p in kenv.get("PYTHONPATH", "").split(os.pathsep) if p])
     # notebooks import matplotlib (hence NumPy) before minipeft: set the OpenBLAS settings that
-    # backend.py would set, so that the kernel runs one pool of threads on every core (backend.rows)
+    # minipeft/cpu.py would set, so that the kernel runs one pool of threads on every core (cpu.rows)
     kenv.setdefault("OPENBLAS_NUM_THREADS", "1")
     kenv.setdefault("OPENBLAS_THREAD_TIMEOUT", backend.OPENBLAS_THREAD_TIMEOUT)
     kenv.update(env or {})

@@ -51,7 +51,7 @@ A step that is interrupted (Ctrl-C, an error while sending or receiving) stops t
 their replies would no longer match the steps; the gradients are then left as they were before
 the call. An error inside loss_fn (in any process) keeps the workers. The workers inherit the
 other threads of the process (Jupyter's, tqdm's) only as stopped copies and touch nothing of theirs.
-Each process is meant to use one core: with OPENBLAS_NUM_THREADS > 1 (see backend.py) every
+Each process is meant to use one core: with OPENBLAS_NUM_THREADS > 1 (see cpu.py) every
 process would run that many BLAS threads. Dropout: every step each worker reseeds its random
 stream with numbers drawn from the parent's generator, so a run is reproducible from
 `manual_seed`, but its masks are not the ones a single process would draw.

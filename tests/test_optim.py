@@ -427,3 +427,11 @@ def test_scheduler_is_importable_as_base_class():
     s = LRScheduler(opt, lambda step: 0.5 ** step)
     s.step(); s.step()
     assert s.get_lr() == pytest.approx([0.25, 0.025])
+
+
+def test_adamw_rejects_a_gradient_of_the_wrong_shape():
+    minipeft.use("numpy")
+    p = minipeft.Tensor(np.zeros((9, 6), dtype=np.float32), requires_grad=True)
+    p.grad = np.ones((6, 9), dtype=np.float32)
+    with pytest.raises(ValueError, match="gradient has shape"):
+        AdamW([p], lr=0.1).step()
