@@ -21,13 +21,12 @@ def positive_int(value, what: str, hint: str = ""):
 
 
 def check_layers(layers, what: str):
-    """A config's `layers` field: None (every block) or block indices, each listed once.
-    Returns None or a sorted tuple (so that `layers=(1, 0)` and `(0, 1)` are the same adapter)."""
+    """A config's `layers` field: None (every block) or block indices, each listed once; () is no
+    block (a task head alone, with modules_to_save). Returns None or a sorted tuple (so that
+    `layers=(1, 0)` and `(0, 1)` are the same adapter)."""
     if layers is None:
         return None
     layers = tuple([layers] if isinstance(layers, int) else layers)
-    if not layers:
-        raise ValueError(f"{what}.layers is empty; give block indices, or None for all")
     bad = [i for i in layers if isinstance(i, bool) or not isinstance(i, int)]
     if bad:
         raise ValueError(f"{what}.layers contains {bad[0]!r}; block indices are integers")

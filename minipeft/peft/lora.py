@@ -110,8 +110,8 @@ CONFIG = LoraConfig
 
 
 def from_options(o) -> LoraConfig:
-    return LoraConfig(r=o.r, lora_alpha=o.alpha, target_modules=tuple(t.strip() for t in o.targets.split(",") if t.strip()),
-                      modules_to_save=o.heads)
+    targets = tuple(t.strip() for t in o.targets.split(",") if t.strip())       # "q,v" -> ("q", "v")
+    return LoraConfig(r=o.r, lora_alpha=o.alpha, target_modules=targets, modules_to_save=o.heads)
 
 
 def _targets(pm, cfg: LoraConfig):

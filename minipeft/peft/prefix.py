@@ -85,6 +85,8 @@ class PrefixConfig:
             raise ValueError("PrefixConfig(variant='infix') needs infix_token, the id of the token that "
                              "separates source and target (minipeft's <sep> is 3)")
         self.layers = check_layers(self.layers, "PrefixConfig")     # sorted: P_theta's order of layers
+        if self.layers == ():
+            raise ValueError("PrefixConfig.layers is empty; give block indices, or None for all")
         self.modules_to_save = tuple(self.modules_to_save)
 
 

@@ -288,7 +288,7 @@ def test_merge_or_a_clear_refusal(tiny, arch, method):
 @pytest.mark.parametrize("method", [n for n in NAMES if has_field(n, "layers")])
 def test_layers_are_checked_the_same_way_everywhere(tiny, method):
     cls = module(method).CONFIG
-    for bad, words in (((1, 1), "repeats layer(s) [1]"), ((), "layers is empty"), ((0, 1.5), "integers")):
+    for bad, words in (((1, 1), "repeats layer(s) [1]"), ((0, 1, 0), "repeats layer(s) [0]"), ((0, 1.5), "integers")):
         with pytest.raises(ValueError) as e:
             cls(layers=bad)
         assert f"{cls.__name__}.layers" in str(e.value) and words in str(e.value), str(e.value)
