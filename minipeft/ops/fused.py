@@ -256,6 +256,29 @@ def masked_fill(x, mask, value):
 _NEG = -1e9  # a finite "minus infinity": a row with every key masked gives uniform weights, not NaN
 
 
+def visible(B, Tq, Tk, P, causal, key_mask, prefix_start):
+    """Which keys each query sees: bool, broadcastable to (B, 1, Tq, P + Tk), the P prefix rows
+    first (kept small: (1, 1, Tq, Tk) for a causal mask alone).
+
+    Query i sits at absolute position pos_i = Tk - Tq + i (the queries are the last Tq positions;
+    prefix rows take no position). It sees
+        key j:         j <= pos_i (when causal)  and  key_mask[b, j]
+        prefix row p:  pos_i >= prefix_start[b, p]        (always when prefix_start is None)
+    """
+    xp = backend.xp
+    pos = (xp.arange(Tq) + (Tk - Tq))[:, None]                              # (Tq, 1) query positions
+    see = (xp.arange(Tk) <= pos)[None] if causal else xp.ones((1, 1, Tk), bool)   # (1, Tq or 1, Tk)
+    if key_mask is not None:
+        see = see & key_mask.astype(bool)[:, None, :]                       # (B, Tq or 1, Tk)
+    if P:
+        start = xp.zeros((1, P), int) if prefix_start is None else prefix_start     # (B or 1, P)
+        see_prefix = pos[None] >= start[:, None, :]                         # (B or 1, Tq, P)
+        lead = (max(see.shape[0], see_prefix.shape[0]), Tq)
+        see = xp.concatenate([xp.broadcast_to(see_prefix, lead + (P,)), xp.broadcast_to(see, lead + (Tk,))],
+                             axis=-1)                                       # (B or 1, Tq, P + Tk)
+    return see[:, None]                                                     # (B or 1, 1, Tq or 1, P + Tk)
+
+
 class Attention(Function):
     """Scaled dot-product attention over P prepended key/value rows and T_k ordinary ones.
 
@@ -273,10 +296,10 @@ class Attention(Function):
             visible (a prefix); the source length = an infix between source and target (Li & Liang
             Table 4); a huge value = never (a padding row when routed prefixes differ in length).
 
-    The equations and the backward, one line each: reference.Attention (minipeft/ops/reference.py,
-    its masks in reference.visible). This one computes the same in blocks of the batch (or heads)
-    in parallel threads, in place, with the masks built only when needed (tests/ops/test_reference.py
-    checks that the two agree to rounding).
+    The equations and the backward, one line each: reference.Attention (minipeft/ops/reference.py;
+    both take their masks from `visible` above). This one computes the same in blocks of the batch
+    (or heads) in parallel threads, in place, with a mask only when some key is blocked
+    (tests/ops/test_reference.py checks that the two agree to rounding).
     """
 
     @staticmethod
@@ -291,28 +314,12 @@ class Attention(Function):
             k = xp.concatenate([kp, k], axis=2)
             v = xp.concatenate([vp, v], axis=2)
         scale = 1.0 / math.sqrt(D)
-        mask = None                                              # True = blocked
+        mask = None                                              # True = blocked; None: nothing is
         grad_scale = scale                                       # dS/d(QK'^T), per row
-        if causal:
-            i = xp.arange(Tq)[:, None] + (Tk - Tq)
-            j = xp.arange(Tk)[None, :]
-            mask = (j > i)[None, None]                           # (1, 1, Tq, Tk)
-        if key_mask is not None:
-            pad = ~key_mask.astype(bool)[:, None, None, :]       # (B, 1, 1, Tk)
-            mask = pad if mask is None else (mask | pad)
-        pmask = None                                             # True = prefix row blocked
-        if P and prefix_start is not None:
-            qpos = xp.arange(Tq) + (Tk - Tq)                     # absolute positions of the queries
-            pmask = (qpos[None, :, None] < prefix_start[:, None, :])[:, None]   # (B|1, 1, Tq, P)
-        if mask is not None or pmask is not None:
-            if P:
-                mask = xp.zeros((1, 1, 1, Tk), dtype=bool) if mask is None else mask
-                pmask = xp.zeros((1, 1, 1, P), dtype=bool) if pmask is None else pmask
-                lead = tuple(max(a, b) for a, b in zip(mask.shape[:3], pmask.shape[:3]))
-                mask = xp.concatenate([xp.broadcast_to(pmask, lead + (P,)),
-                                       xp.broadcast_to(mask, lead + (Tk,))], axis=-1)
+        if causal or key_mask is not None or (P and prefix_start is not None):
+            mask = ~visible(B, Tq, Tk, P, causal, key_mask, prefix_start)   # (B|1, 1, Tq|1, P+Tk)
             # a row with every key blocked has constant scores: nothing flows back through them
-            grad_scale = (~mask.all(axis=-1, keepdims=True)) * q.dtype.type(scale)  # (B|1, 1, Tq, 1)
+            grad_scale = (~mask.all(axis=-1, keepdims=True)) * q.dtype.type(scale)  # (B|1, 1, Tq|1, 1)
         grad_scale = xp.broadcast_to(xp.asarray(grad_scale, dtype=q.dtype), (B, H, Tq, 1))  # per query row
         masks = () if mask is None else (xp.broadcast_to(mask, (B, H) + mask.shape[2:]),)
         neg = q.dtype.type(_NEG)

@@ -21,7 +21,7 @@ import math
 
 from .. import backend
 from ..autograd import Function
-from .fused import _NEG, _apply_attention, _apply_cross_entropy
+from .fused import _NEG, _apply_attention, _apply_cross_entropy, visible
 
 _C = math.sqrt(2.0 / math.pi)
 
@@ -162,32 +162,11 @@ def cross_entropy(logits, targets, ignore_index=-100):
 
 # ----------------------------------------------------------------------------- attention
 
-def visible(B, Tq, Tk, P, causal, key_mask, prefix_start):
-    """Which keys each query sees: (B, 1, Tq, P + Tk) bool, the P prefix rows first.
-
-    Query i sits at absolute position pos_i = Tk - Tq + i (the queries are the last Tq positions;
-    prefix rows take no position). It sees
-        prefix row p:  pos_i >= prefix_start[b, p]        (always when prefix_start is None)
-        key j:         j <= pos_i (when causal)  and  key_mask[b, j]
-    """
-    xp = backend.xp
-    pos = (xp.arange(Tq) + (Tk - Tq))[:, None]                              # (Tq, 1) query positions
-    start = xp.zeros((1, P), int) if prefix_start is None else prefix_start  # (B|1, P)
-    see_prefix = pos[None] >= start[:, None, :]                             # (B|1, Tq, P)
-    see_key = xp.arange(Tk)[None, None, :] <= pos[None] if causal else xp.ones((1, 1, Tk), bool)
-    #                                                                         (1, Tq or 1, Tk)
-    if key_mask is not None:
-        see_key = see_key & key_mask.astype(bool)[:, None, :]               # (B, Tq or 1, Tk)
-    see_prefix = xp.broadcast_to(see_prefix, (B, Tq, P))
-    see_key = xp.broadcast_to(see_key, (B, Tq, Tk))
-    return xp.concatenate([see_prefix, see_key], axis=-1)[:, None]          # (B, 1, Tq, P + Tk)
-
-
 class Attention(Function):
     """out = A V',  A = softmax(S),  S = Q K'^T s + mask,  s = 1 / sqrt(D)
 
         K' = [K_prefix ; K],  V' = [V_prefix ; V]         (B, H, P + Tk, D)
-        mask = 0 where a query sees a key, -1e9 where not (see `visible`)
+        mask = 0 where a query sees a key, -1e9 where not (fused.visible)
     backward (G = dL/d out):
         dV' = A^T G
         dA  = G V'^T
@@ -208,7 +187,7 @@ class Attention(Function):
             k = xp.concatenate([xp.broadcast_to(k_prefix, (B, H, P, D)), k], axis=2)
             v = xp.concatenate([xp.broadcast_to(v_prefix, (B, H, P, D)), v], axis=2)
         s = 1.0 / math.sqrt(D)
-        seen = visible(B, Tq, Tk, P, causal, key_mask, prefix_start)       # (B, 1, Tq, P + Tk)
+        seen = visible(B, Tq, Tk, P, causal, key_mask, prefix_start)       # (B|1, 1, Tq|1, P + Tk)
         # S = Q K'^T s + mask                                                (B, H, Tq, P + Tk)
         S = xp.where(seen, (q @ k.swapaxes(-1, -2)) * s, _NEG)
         # A = softmax(S) along the keys                                      (B, H, Tq, P + Tk)
