@@ -136,7 +136,7 @@ class CrossEntropy(Function):
         xp = backend.xp
         N, C = x.shape
         keep = t != ignore_index                                 # (N,) rows that count
-        n = max(int(keep.sum()), 1)                              # n = max(sum keep, 1)
+        n = max(int(keep.sum()), 1)                              # n = max(sum keep, 1)  (int(): waits for a GPU)
         t = xp.where(keep, t, 0)                                 # a valid class on ignored rows (they count 0)
         # z = x - max(x)                                                     (N, C)
         z = x - x.max(axis=1, keepdims=True)
