@@ -194,8 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
                         " or the real releases' names: DIR/e2e/trainset.csv ...); default: data/")
     f.add_argument("--out", default=None, help="where the best adapter and the log go")
     f.add_argument("--quiet", action="store_true")
-    f.add_argument("--processes", type=int, default=1,
-                   help="n > 1: train data-parallel, n processes of one thread each (NumPy, Linux)")
+    f.add_argument("--processes", type=int, default=None,
+                   help="training processes, one thread each (default: one per usable core on Linux "
+                        "with NumPy, else 1); 1 = one process using threads op by op")
     common(f)
     f.set_defaults(fn=_cmd_finetune)
     return p

@@ -7,8 +7,8 @@
 4. print the trainable-parameter report, the dev BLEU after, the same examples' new outputs,
 5. save the adapter (adapter_config.json + adapter_model.safetensors) to runs/demo-lora.
 
-About a minute on a 2-core CPU (43-48 s with --processes 2). Options: python -m minipeft.demo --steps N --eval-size N
---processes N.
+Under a minute on a 2-core CPU: it trains with one process per core (minipeft.parallel; --processes 1
+for one process, about a minute). Options: python -m minipeft.demo --steps N --eval-size N --processes N.
 """
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ def main(argv=None) -> None:
     ap.add_argument("--eval-size", type=int, default=60)
     ap.add_argument("--out", default=os.path.join("runs", "demo-lora"))
     ap.add_argument("--backend", default="numpy")
-    ap.add_argument("--processes", type=int, default=1,
-                    help="n > 1: train data-parallel over n processes (minipeft.parallel)")
+    ap.add_argument("--processes", type=int, default=None,
+                    help="training processes (default: one per usable core on Linux with NumPy; "
+                         "1 = one process; see minipeft.parallel)")
     a = ap.parse_args(argv)
 
     from . import use

@@ -103,6 +103,28 @@ def check_supported(processes) -> int:
     return processes
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which containers and `taskset` narrow)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def default_processes(batch_size: int | None = None, notice=print) -> int:
+    """How many processes the library's own tasks (finetune, the demo, the lectures) train with
+    when not told: one per usable core where data parallelism is supported (Linux, the NumPy
+    backend), at most one per row of the batch; else 1, with a one-line notice saying why.
+    (`fit` with a user's own loss keeps one process unless asked: its loss may not be a mean.)"""
+    cores = usable_cores()
+    if cores < 2:
+        return 1
+    if backend.name != "numpy" or not sys.platform.startswith("linux"):
+        where = f"the {backend.name} backend" if backend.name != "numpy" else f"platform {sys.platform!r}"
+        notice(f"training in one process: data-parallel processes need Linux and NumPy ({where})")
+        return 1
+    return max(1, min(cores, batch_size or cores))
+
+
 def counted(batch) -> int:
     """The default weight n_i of a slice: what a mean cross-entropy divides by. In a dict batch,
     the entries of "targets" (else "labels") that are not -100 (the ignore index); else the rows,

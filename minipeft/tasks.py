@@ -385,9 +385,11 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
              lr: float | None = None, train_size: int | None = None, eval_size: int = 100,
              eval_every: int = 100, patience: int | None = None, out_dir: str | None = None,
              seed: int = 0, progress: bool = True, show: int = 0, verbose: bool = True,
-             processes: int = 1, data_dir: str | None = None) -> FinetuneResult:
+             processes: int | None = None, data_dir: str | None = None) -> FinetuneResult:
     """Fine-tune a shipped model on `task` with `peft_config`; keep and save the best adapter.
-    processes > 1: train data-parallel (see train.fit and minipeft.parallel).
+    processes: None (default) = one process per usable core where data parallelism is supported
+    (parallel.default_processes: Linux, NumPy), the same result to rounding as 1; 1 = one process;
+    n > 1: n processes (see train.fit and minipeft.parallel).
     data_dir: read the task's train and dev splits from this folder (laid out like data/, e.g.
     DIR/e2e/train.csv, or with the real releases' file names; see SPLIT_FILES) instead of the
     shipped data/."""
@@ -396,8 +398,8 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
     from .peft.registry import method_of
     if task not in GEN_TASKS + CLS_TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {GEN_TASKS + CLS_TASKS}")
-    from .parallel import check_supported
-    processes = check_supported(processes)          # before loading anything
+    from .parallel import check_supported, default_processes
+    processes = default_processes(batch_size) if processes is None else check_supported(processes)  # before loading
     method = method_of(peft_config)
     train = load_task(task, "train", data_dir)[:train_size]     # a missing file fails fast
     dev = load_task(task, "dev", data_dir)[:eval_size]

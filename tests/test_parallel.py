@@ -489,3 +489,34 @@ def test_processes_may_be_a_numpy_integer():
     assert parallel.check_supported(np.int64(2)) == 2
     with pytest.raises(ValueError, match="whole number"):
         parallel.check_supported(True)
+
+
+# ----------------------------------------------------------------------------- the default
+
+def test_the_library_tasks_default_to_one_process_per_usable_core(monkeypatch):
+    said = []
+    monkeypatch.setattr(parallel, "usable_cores", lambda: 4)
+    assert parallel.default_processes(notice=said.append) == 4
+    assert parallel.default_processes(batch_size=2, notice=said.append) == 2       # at most a row each
+    monkeypatch.setattr(parallel, "usable_cores", lambda: 1)
+    assert parallel.default_processes(notice=said.append) == 1 and not said          # one core: nothing to say
+    monkeypatch.setattr(parallel, "usable_cores", lambda: 4)
+    monkeypatch.setattr(parallel.sys, "platform", "darwin")
+    assert parallel.default_processes(notice=said.append) == 1
+    assert len(said) == 1 and "one process" in said[0] and "darwin" in said[0], said
+
+
+def test_finetune_by_default_gives_what_one_process_gives(tmp_path, monkeypatch):
+    """finetune's default (data-parallel where supported; forced to 2 here, whatever this
+    machine's cores) reaches the same weights and metrics as one process, to rounding."""
+    from minipeft.tasks import finetune
+    monkeypatch.setattr(parallel, "default_processes", lambda batch_size=None, notice=print: 2)
+    runs = {}
+    for processes in (1, None):
+        runs[processes] = finetune("sst2", peft.LoraConfig(r=2, modules_to_save=("cls_head",)), "bert-m",
+                                   steps=4, batch_size=8, train_size=32, eval_size=16, eval_every=4,
+                                   out_dir=str(tmp_path / str(processes)), progress=False, verbose=False,
+                                   processes=processes)
+    one, default = runs[1], runs[None]
+    assert abs(one.after["loss"] - default.after["loss"]) < 1e-5, (one.after, default.after)
+    assert abs(one.after["loss"] - one.before["loss"]) > 1e-4          # it trained: the comparison means something
