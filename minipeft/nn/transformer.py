@@ -148,6 +148,17 @@ class Block(Module):
         return x
 
 
+def _add_at_tokens(x, a):
+    """x (B, P + T, d) + a (B or 1, T, d) on the last T positions (a soft prompt's P get nothing)."""
+    P = x.shape[1] - a.shape[1]
+    if P < 0 or a.shape[2] != x.shape[2]:
+        raise ValueError(f"block_inputs entry has shape {tuple(a.shape)}; expected (B or 1, T, d) with "
+                         f"T <= {x.shape[1]} tokens and d = {x.shape[2]}")
+    if P:
+        a = ops.concat([Tensor(backend.xp.zeros((a.shape[0], P, a.shape[2]), dtype=a.dtype)), a], axis=1)
+    return x + a
+
+
 class Transformer(Module):
     def __init__(self, cfg: TransformerConfig):
         self.config = cfg
@@ -237,7 +248,7 @@ class Transformer(Module):
 
     # ------------------------------------------------------------------ body
     def encode(self, ids, attention_mask=None, token_type_ids=None, prefix=None, cache=None, prompt=None,
-               position_ids=None):
+               position_ids=None, block_inputs=None):
         """The transformer body: (B, T) ids -> hidden states (B, T', d) (after ln_f for gpt2).
 
         attention_mask: (B, T) 1 for real tokens, 0 for padding (with a cache: (B, T_past + T)).
@@ -247,6 +258,9 @@ class Transformer(Module):
         prompt: (B or 1, P, d) soft prompt prepended to the embeddings (prompt tuning).
         position_ids: (B, T) each row's token positions (see `embed`); with a left-padded batch, pass
                 the attention_mask too, so that the padding keys are never attended.
+        block_inputs: list of n_layer Tensors (B or 1, T, d) or None: added to the hidden state of
+                the T token positions (after any soft prompt) before block i (PASTA's vectors at
+                the special tokens). None (the default) adds nothing and costs nothing.
         """
         past = 0
         if cache is not None and "k" in cache[0]:
@@ -261,6 +275,8 @@ class Transformer(Module):
                 B, P = x.shape[0], prompt.shape[1]
                 key_mask = backend.xp.concatenate([backend.xp.ones((B, P), dtype=key_mask.dtype), key_mask], axis=1)
         for i, block in enumerate(self.h):
+            if block_inputs is not None and block_inputs[i] is not None:
+                x = _add_at_tokens(x, block_inputs[i])                       # x_i <- x_i + a_i
             x = block(x, key_mask,
                       prefix[i] if prefix is not None else None,
                       cache[i] if cache is not None else None)

@@ -48,8 +48,15 @@ Optional (the default in brackets):
                                 [merge_adapter raises: it adds inputs or a nonlinearity]
     unload(pm, name)            merge_and_unload: put plain modules back after merging [nothing]
     encode_inputs(pm, route, batch_size, ids=None, cache=None) -> dict
-                                keyword arguments for Transformer.encode (prefix=, prompt=) of
-                                the routed adapters of this method [none]
+                                keyword arguments for Transformer.encode of the routed adapters
+                                of this method, from the route and the token ids [none]:
+                                prompt= rows before the embeddings (prompt tuning), prefix=
+                                key/value rows in every layer (prefix tuning), block_inputs= one
+                                (B or 1, T, d) addition per block, or None, added to the hidden
+                                state of the tokens before the block (PASTA: at the special
+                                tokens it finds in ids). The method handles all its routed
+                                adapters at once: two methods giving one keyword cannot be
+                                active together
     context_positions(config) -> int
                                 positions of n_ctx the adapter takes (a soft prompt) [0]
     EXCLUSIVE = True            it trains base parameters in place: alone on its model, never
