@@ -7,6 +7,7 @@
     pytest -m task_bitfit    BitFit and full fine-tuning (top-k layers, layer-wise lr decay)
     pytest -m task_count     parameter counts: formula vs counted, print_trainable_parameters,
                              `minipeft count` against the published arithmetic
+    pytest -m task_ia3       IA3: exact start, scaled layers, gradients, merge/unmerge, counts
 
 Models are tiny (vocab 13, d 8, 2 layers, 2 heads) in both layouts, arch="gpt2" and arch="bert".
 The `tiny` fixture runs its test in float64 (gradient checks, exact comparisons) on every backend;
@@ -36,6 +37,7 @@ PEFT_MARKERS = {
     "task_adapter": "bottleneck adapters: Houlsby, Pfeiffer, parallel (ffn/attn), near-identity start",
     "task_bitfit": "BitFit (biases, LayerNorm gains) and full fine-tuning (top-k layers, lr decay)",
     "task_count": "parameter counts: formula vs counted, print_trainable_parameters, minipeft count",
+    "task_ia3": "IA3: exact start, scaled layers, gradient checks, no weight-gradient matmul, merge/unmerge",
 }
 
 SMALL = dict(vocab_size=13, n_ctx=12, d_model=8, n_layer=2, n_head=2)
