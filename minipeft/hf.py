@@ -5,7 +5,7 @@
     model, tok = load_pretrained("gpt2-m")              # a shipped minipeft checkpoint, with the shipped tokenizer
     emb = encode_sentences(model, tok, ["a sentence"])  # (N, d) sentence embeddings, mean-pooled, L2-normalised
     save_hf(model, "out/bert")                          # back to the Hugging Face layout (transformers loads it)
-    save_peft_adapter(peft_model, "out/adapter")        # a LoRA adapter as Hugging Face peft writes it
+    save_peft_adapter(peft_model, "out/adapter")        # a LoRA or IA3 adapter as Hugging Face peft writes it
 
 Nothing here imports torch or transformers: a Hugging Face folder is a JSON config and a safetensors
 file, and loading it is renaming (and, for GPT-2, transposing and splitting) arrays. The names:
@@ -453,25 +453,31 @@ def _hf_module(cfg: TransformerConfig, path: str) -> tuple[str, slice | None]:
 
 def save_peft_adapter(pm, directory, name: str = "default", base_model_name_or_path: str = "",
                       overwrite: bool = False) -> dict:
-    """Write LoRA adapter `name` of a PeftModel as Hugging Face peft saves it (adapter_config.json +
-    adapter_model.safetensors, keys base_model.model.<HF module>.lora_{A,B}.weight), so that
-    `peft.PeftModel.from_pretrained(hf_model, directory)` reproduces minipeft's outputs.
+    """Write LoRA or IA3 adapter `name` of a PeftModel as Hugging Face peft saves it
+    (adapter_config.json + adapter_model.safetensors, keys base_model.model.<HF module>.lora_{A,B}.weight
+    or .ia3_l), so that `peft.PeftModel.from_pretrained(hf_model, directory)` reproduces minipeft's outputs.
 
     GPT-2 fuses q, k, v into one c_attn: LoRA on m of them becomes one LoRA of rank m r on c_attn,
     A = [A_q; A_v] (m r, d) and B block-diagonal in the q / k / v row blocks (3d, m r), with
-    lora_alpha scaled by m so that alpha / r is unchanged. Returns the adapter config written."""
+    lora_alpha scaled by m so that alpha / r is unchanged. IA3 see `_ia3_export`. Returns the
+    adapter config written."""
+    from .peft.ia3 import IA3Config
     from .peft.lora import LoraConfig, LoraLinear
     xp = backend.xp
     cfg = pm.peft_config.get(name)
-    if not isinstance(cfg, LoraConfig):
-        raise ValueError(f"save_peft_adapter exports LoRA adapters; adapter {name!r} is "
+    if not isinstance(cfg, (LoraConfig, IA3Config)):
+        raise ValueError(f"save_peft_adapter exports LoRA and IA3 adapters; adapter {name!r} is "
                          f"{type(cfg).__name__ if cfg else 'missing'} (adapters: {list(pm.peft_config)})")
-    if cfg.use_rslora:
-        raise ValueError("use_rslora adapters: export not implemented (peft's use_rslora flag would "
-                         "be needed); train with use_rslora=False to export")
     directory = os.fspath(directory)
     if os.path.exists(os.path.join(directory, "adapter_model.safetensors")) and not overwrite:
         raise FileExistsError(f"{directory!r} already holds an adapter; pass overwrite=True or choose another folder")
+    if isinstance(cfg, IA3Config):
+        state, config = _ia3_export(pm, name)
+        config["base_model_name_or_path"] = base_model_name_or_path or None
+        return _write_peft_adapter(directory, state, config)
+    if cfg.use_rslora:
+        raise ValueError("use_rslora adapters: export not implemented (peft's use_rslora flag would "
+                         "be needed); train with use_rslora=False to export")
     mcfg, r, s = pm.config, cfg.r, cfg.scaling
     fused = {}                       # HF module -> list of (rows, A, B)
     for path, mod in pm.model.named_modules():
@@ -502,6 +508,46 @@ def save_peft_adapter(pm, directory, name: str = "default", base_model_name_or_p
               "alpha_pattern": {k: s * v for k, v in rank_pattern.items()},
               "init_lora_weights": True, "inference_mode": True,
               "base_model_name_or_path": base_model_name_or_path or None}
+    return _write_peft_adapter(directory, state, config)
+
+
+def _ia3_export(pm, name: str) -> tuple[dict, dict]:
+    """IA3 adapter `name` -> (HF peft state, adapter_config). peft keeps one vector per module,
+    `ia3_l`, shaped (out, 1) where it scales the output and (1, in) where it scales the input
+    (feedforward_modules). GPT-2's c_attn computes q | k | v: its output vector (3d, 1) holds
+    l_q, l_k, l_v in row blocks 0:d, d:2d, 2d:3d, ones where minipeft scales nothing (the default
+    targets k and v leave q = ones). Scaling an input of q, k or v cannot be written there (c_attn
+    has one input for all three): that is refused."""
+    from .peft.ia3 import IA3Linear
+    xp, mcfg = backend.xp, pm.config
+    vectors = {}                     # HF module -> (l, feedforward)
+    for path, mod in pm.model.named_modules():
+        if not (isinstance(mod, IA3Linear) and name in mod.ia3_l):
+            continue
+        hf, rows = _hf_module(mcfg, path)
+        l = mod.ia3_l[name].weight.data
+        if rows is None:
+            vectors[hf] = (l, mod.is_feedforward)
+            continue
+        if mod.is_feedforward:
+            raise ValueError(f"{path} is scaled at its input (feedforward_modules): GPT-2's c_attn computes q, k "
+                             f"and v from one input, so Hugging Face peft cannot scale it for one of them alone; "
+                             f"export an adapter whose q/k/v are scaled at their output")
+        full = vectors.setdefault(hf, (xp.ones(3 * mcfg.d_model, dtype=l.dtype), False))[0]
+        full[rows] = l               # this projection's row block of c_attn's output
+    if not vectors:
+        raise ValueError(f"adapter {name!r} adapts no layer")
+    state = {f"base_model.model.{hf}.ia3_l": l.reshape(1, -1) if ff else l.reshape(-1, 1)
+             for hf, (l, ff) in vectors.items()}
+    config = {"peft_type": "IA3", "task_type": None,
+              "target_modules": sorted(vectors),        # full module names: peft matches them exactly
+              "feedforward_modules": sorted(hf for hf, (_, ff) in vectors.items() if ff),
+              "fan_in_fan_out": mcfg.arch == "gpt2", "init_ia3_weights": True, "modules_to_save": None,
+              "inference_mode": True}
+    return state, config
+
+
+def _write_peft_adapter(directory: str, state: dict, config: dict) -> dict:
     os.makedirs(directory, exist_ok=True)
     save_state_dict(state, os.path.join(directory, "adapter_model.safetensors"), metadata={"format": "pt"})
     write_json_atomic(os.path.join(directory, "adapter_config.json"), config)

@@ -16,6 +16,7 @@ import minipeft
 from minipeft import hf
 from minipeft.gradcheck import gradcheck
 from minipeft.peft import LoraConfig, get_peft_model
+from minipeft.peft.ia3 import IA3Config
 
 pytestmark = pytest.mark.task_hf
 
@@ -226,6 +227,57 @@ def test_gpt2_fused_c_attn_adapter_is_the_q_and_v_updates_in_their_row_blocks(tm
             @ minipeft.to_numpy(m.lora_A["default"].weight.data))
         numpy.testing.assert_allclose(delta[j * d:(j + 1) * d], want, rtol=1e-5, atol=1e-6,
                                       err_msg=f"c_attn rows {j * d}:{(j + 1) * d} ({'qkv'[j]})")
+
+
+def ia3_model(name, config=None):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, _ = hf.load_pretrained(os.path.join(FIX, name))
+    pm = get_peft_model(model, config or IA3Config())
+    rng = numpy.random.default_rng(0)
+    for k, p in pm.named_parameters():
+        if ".ia3_l." in k:
+            p.data = minipeft.to_device(rng.normal(1.0, 0.5, p.shape).astype(numpy.float32))
+    return pm
+
+
+@pytest.mark.parametrize("name", ["bert-tiny", "bert-tiny-mlm", "gpt2-tiny", "roberta-tiny-mlm"])
+def test_ia3_adapter_export_has_the_keys_and_shapes_peft_writes(tmp_path, name):
+    """peft_layout.json["ia3/<model>"]: what Hugging Face peft saved for IA3 on k, v and the FFN
+    down projection (feedforward): ia3_l (out, 1) for an output, (1, in) for an input scaled; on
+    GPT-2 its fused c_attn (3d, 1) and mlp.c_proj (1, d_ff)."""
+    layout = json.loads(open(os.path.join(FIX, "peft_layout.json"), encoding="utf-8").read())[f"ia3/{name}"]
+    pm = ia3_model(name)
+    cfg = hf.save_peft_adapter(pm, tmp_path)
+    got = load_file(tmp_path / "adapter_model.safetensors")
+    assert {k: list(v.shape) for k, v in got.items()} == layout
+    assert cfg["peft_type"] == "IA3" and cfg["fan_in_fan_out"] == name.startswith("gpt2")
+    assert cfg["feedforward_modules"] == sorted(k.removeprefix("base_model.model.").removesuffix(".ia3_l")
+                                                for k, v in layout.items() if v[0] == 1)
+    assert set(cfg["feedforward_modules"]) < set(cfg["target_modules"]) == \
+        {k.removeprefix("base_model.model.").removesuffix(".ia3_l") for k in layout}
+    assert json.loads((tmp_path / "adapter_config.json").read_text()) == cfg
+
+
+def test_gpt2_c_attn_ia3_vector_is_ones_for_q_then_l_k_then_l_v(tmp_path):
+    pm = ia3_model("gpt2-tiny")
+    hf.save_peft_adapter(pm, tmp_path)
+    st = load_file(tmp_path / "adapter_model.safetensors")
+    d, attn, mlp = pm.config.d_model, pm.model.h[1].attn, pm.model.h[1].mlp
+    l = st["base_model.model.transformer.h.1.attn.c_attn.ia3_l"][:, 0]
+    own = lambda m: minipeft.to_numpy(m.ia3_l["default"].weight.data)  # noqa: E731
+    assert (l[:d] == 1).all(), "q is not scaled: ones"
+    assert numpy.array_equal(l[d:2 * d], own(attn.k)) and numpy.array_equal(l[2 * d:], own(attn.v))
+    assert numpy.array_equal(st["base_model.model.transformer.h.1.mlp.c_proj.ia3_l"][0], own(mlp.proj))
+
+
+def test_ia3_export_refuses_an_input_scaled_gpt2_q_k_or_v(tmp_path):
+    pm = ia3_model("gpt2-tiny", IA3Config(target_modules=("k", "v"), feedforward_modules=("k",)))
+    with pytest.raises(ValueError, match=r"h\.0\.attn\.k is scaled at its input .* c_attn computes q, k and v"):
+        hf.save_peft_adapter(pm, tmp_path)
+    assert not os.path.exists(tmp_path / "adapter_model.safetensors")
+    with pytest.raises(ValueError, match="exports LoRA and IA3 adapters"):
+        hf.save_peft_adapter(pm, tmp_path, name="missing")
 
 
 # ----------------------------------------------------------------------------- pooling
