@@ -15,6 +15,10 @@ options (`_speed_options`: malloc, data parallelism), none of which changes what
   it runs out.
 - Only parameters with requires_grad=True are optimised (AdamW), so a PEFT method decides what
   trains by freezing the rest; optimizer state exists only for them.
+- A PeftModel's methods join the step in two places (minipeft/peft/parametrize.py): the loss is
+  loss_fn(model, batch) + model.aux_loss() (an L0 or L1 penalty; None: nothing added), and
+  model.before_step(step, optimizer) runs after backward and clipping, before optimizer.step()
+  (a gradient mask). Any model with these two methods gets the same.
 - A progress bar (tqdm) shows the loss and tokens/s. The loss is read back from the device only
   every `log_every` steps (on a GPU, `float(loss)` waits for the device).
 - Every `eval_every` steps `eval_fn(model)` runs in eval mode without gradients; its dict is
@@ -98,12 +102,19 @@ def fit(model, loss_fn: Callable, batches: Iterable, *, steps: int, lr: float = 
     with _speed_options(model, loss_fn, processes, slice_weight) as dp, \
             _Log(log_path, log_every, steps, progress, desc) as log:
         for step, batch in zip(range(1, steps + 1), _again_and_again(batches)):
+            aux = model.aux_loss() if hasattr(model, "aux_loss") else None   # a method's penalty (L0, L1)
             if dp is None:
                 loss = loss_fn(model, batch)              # forward: a scalar Tensor
+                loss = loss if aux is None else loss + aux
                 loss.backward()                           # adds d loss / d p into p.grad
             else:
                 loss = dp.backward(batch)                 # the same over n processes; a float
+                if aux is not None:                       # the penalty needs no data: here, once
+                    aux.backward()
+                    loss += float(aux.item())
             grad_norm = clip_grad_norm_(trained, clip) if clip else None
+            if hasattr(model, "before_step"):
+                model.before_step(step, optimizer)        # a method's gradient mask (ChildTuning-F)
             optimizer.step()
             optimizer.zero_grad()
             if scheduler is not None:

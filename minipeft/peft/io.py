@@ -34,6 +34,7 @@ def save(pm, directory: str, names=None) -> None:
         if not state:
             raise ValueError(f"adapter {n!r} has no parameters to save")
         cfg = pm.peft_config[n]
+        state.update({k: t.data for k, t in _buffers(pm, n).items()})     # a sparse delta's indices
         meta = {"peft_type": cfg.method.upper(), "adapter_name": n, **config_to_json(cfg),
                 "base_model_config": pm.config.to_dict()}
         save_state_dict(state, os.path.join(out, ADAPTER_WEIGHTS), metadata={"format": "np"})
@@ -59,8 +60,10 @@ def load(pm, directory: str, name: str = "default", is_trainable: bool = False) 
     flags = pm._grad_flags()
     pm.add_adapter(name, config)
     try:
-        params = pm.adapter_parameters(name)
-        check_state_dict({k: (tuple(p.shape), str(p.dtype)) for k, p in params.items()}, state)
+        params, buffers = pm.adapter_parameters(name), _buffers(pm, name)
+        check_state_dict({k: (tuple(p.shape), str(p.dtype)) for k, p in {**params, **buffers}.items()}, state)
+        for k, t in buffers.items():            # first, so that the parameters land where they belong
+            t.data = backend.to_device(state.pop(k), dtype=t.dtype).copy()
         if hasattr(method, "load_state"):
             method.load_state(pm, name, state)
         else:
@@ -71,6 +74,13 @@ def load(pm, directory: str, name: str = "default", is_trainable: bool = False) 
         raise
     for p in pm.adapter_parameters(name).values():
         p.requires_grad = is_trainable
+
+
+def _buffers(pm, name) -> dict:
+    """{saved key: Tensor} of arrays that travel with an adapter but do not train (a method's
+    optional `buffers`: a sparse delta's indices), saved beside its parameters."""
+    method = method_of(pm.peft_config[name])
+    return method.buffers(pm, name) if hasattr(method, "buffers") else {}
 
 
 # ----------------------------------------------------------------------------- configs <-> json

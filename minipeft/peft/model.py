@@ -23,7 +23,7 @@ from contextlib import contextmanager
 
 from .. import backend, ops
 from ..nn.module import Module, ModuleDict
-from . import io, routing
+from . import io, parametrize, routing
 from .registry import discover, method_of
 from .routing import ModulesToSave
 
@@ -44,6 +44,7 @@ class PeftModel(Module):
     def __init__(self, model):
         self.base_model = _Holder(model)
         self.inputs = ModuleDict()            # per-adapter modules of prefix/prompt methods
+        self.deltas = ModuleDict()            # per-adapter W = W0 + Delta parametrisations (parametrize.py)
         self.peft_config: dict = {}           # adapter name -> config
         self.active_adapters: list = []
         self._disabled = False
@@ -177,7 +178,7 @@ class PeftModel(Module):
         """Hidden states of the adapted model without soft-prompt positions, or head(them): the
         route is set on every adapter layer meanwhile (a task-head copy is routed too)."""
         B, T = len(ids), len(ids[0])
-        with routing.routing(self, adapter_names, B) as route:
+        with routing.routing(self, adapter_names, B) as route, parametrize.effective_weights(self, route, B):
             kw = routing.encode_inputs(self, route, B, ids=ids, cache=cache, prefix=prefix, prompt=prompt)
             h = self.model.encode(ids, attention_mask, token_type_ids, cache=cache, **kw, **positions)
             h = h[:, h.shape[1] - T:] if h.shape[1] > T else h                      # drop soft-prompt positions
@@ -195,14 +196,22 @@ class PeftModel(Module):
         return self._encode(ids, attention_mask, token_type_ids, adapter_names, prefix, cache, prompt, **positions)
 
     def lm_logits(self, h):
-        return self.model.lm_logits(h)
+        with self._weights(None, len(h)):                 # a tied LM head reads the effective wte
+            return self.model.lm_logits(h)
+
+    @contextmanager
+    def _weights(self, adapter_names, batch_size: int):
+        """The effective weights W0 + Delta of the routed adapters (parametrize.py) for a block."""
+        with parametrize.effective_weights(self, routing.route_of(self, adapter_names, batch_size), batch_size):
+            yield
 
     def new_cache(self) -> list:
         return self.model.new_cache()
 
     def forward(self, ids, targets=None, attention_mask=None, token_type_ids=None, adapter_names=None):
         """Like Transformer.forward: (logits (B, T, V), loss or None)."""
-        logits = self.model.lm_logits(self.encode(ids, attention_mask, token_type_ids, adapter_names=adapter_names))
+        with self._weights(adapter_names, len(ids)):     # one W0 + Delta for encode and the LM head
+            logits = self.model.lm_logits(self.encode(ids, attention_mask, token_type_ids, adapter_names=adapter_names))
         return logits, (None if targets is None else ops.cross_entropy(logits, targets))
 
     def classify(self, ids, attention_mask=None, token_type_ids=None, adapter_names=None):
@@ -211,6 +220,16 @@ class PeftModel(Module):
             raise ValueError("the base model has no classification head: build it with n_labels > 0")
         return self._encode(ids, attention_mask, token_type_ids, adapter_names,
                             head=lambda h: self.model.cls_head(self.model.pooled(h, attention_mask)))
+
+    def aux_loss(self):
+        """The active adapters' auxiliary loss terms summed (an L0 or L1 penalty), or None;
+        train.fit adds it to the task loss (parametrize.py)."""
+        return parametrize.aux_loss(self)
+
+    def before_step(self, step: int, optimizer) -> None:
+        """The active adapters' hooks between backward and optimizer.step() (gradient masks);
+        train.fit calls it every step (parametrize.py)."""
+        parametrize.before_step(self, step, optimizer)
 
     def context_positions(self) -> int:
         """Positions of n_ctx that the active adapters take (soft prompts): batches and generation
@@ -295,7 +314,24 @@ class PeftModel(Module):
         trainable = sum(p.size for p in self.parameters() if p.requires_grad)
         total = self.num_parameters()
         adapter = sum(sum(p.size for p in self._owned_parameters(n).values()) for n in self.peft_config)
-        return {"trainable": trainable, "total": total, "base": total - adapter, "adapter": adapter}
+        out = {"trainable": trainable, "total": total, "base": total - adapter, "adapter": adapter}
+        sparse = {n: self.delta_counts(n) for n in self.peft_config if hasattr(method_of(self.peft_config[n]), "deltas")}
+        if sparse:   # W = W0 + Delta methods: the entries they change and the index arrays they store
+            out["delta_nonzeros"] = sum(c["delta_nonzeros"] for c in sparse.values())
+            out["index_bytes"] = sum(c["index_bytes"] for c in sparse.values())
+        return out
+
+    def delta_counts(self, name: str) -> dict:
+        """Of a W = W0 + Delta adapter: delta_nonzeros, the entries of the base weights its Delta
+        changes now (counted), and index_bytes, the bytes of the indices saved with it (buffers)."""
+        self._check_name(name)
+        m = method_of(self.peft_config[name])
+        from ..autograd import no_grad
+        with no_grad():
+            nonzeros = sum(int(backend.xp.count_nonzero(d.data)) for d in m.deltas(self, name).values()) \
+                if hasattr(m, "deltas") else 0
+        index = sum(int(t.data.nbytes) for t in m.buffers(self, name).values()) if hasattr(m, "buffers") else 0
+        return {"delta_nonzeros": nonzeros, "index_bytes": index}
 
     def print_trainable_parameters(self, per_module: bool = False) -> str:
         """`trainable params: N || all params: M || trainable%: P` (M includes the adapters, as in HF
@@ -311,7 +347,11 @@ class PeftModel(Module):
                 formula = f"formula {f['trainable']:,} trained / {f['kept']:,} kept"
             except ValueError as e:                    # e.g. a task head without a closed form
                 formula = f"no formula ({e})"
-            lines.append(f"  adapter {n!r} ({type(cfg).__name__}): counted {counted:,}, {formula}")
+            sparse = ""
+            if hasattr(method_of(cfg), "deltas"):
+                c = self.delta_counts(n)
+                sparse = f", Delta nonzeros {c['delta_nonzeros']:,}, index bytes {c['index_bytes']:,}"
+            lines.append(f"  adapter {n!r} ({type(cfg).__name__}): counted {counted:,}, {formula}{sparse}")
         if per_module:
             for path, p in self.named_parameters():
                 if p.requires_grad:

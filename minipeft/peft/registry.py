@@ -59,10 +59,37 @@ Optional (the default in brackets):
                                 active together
     context_positions(config) -> int
                                 positions of n_ctx the adapter takes (a soft prompt) [0]
+    deltas(pm, name) -> {path: Tensor}
+                                a parametrisation of existing weights: for base parameter paths
+                                ('h.0.attn.q.weight', 'wte.weight'), Delta(theta) of that shape;
+                                while the PeftModel runs, every attribute holding W0 reads
+                                W0 + the active adapters' Deltas (parametrize.py: also the tied
+                                LM head), so gradients reach theta and never W0 [none]
+    buffers(pm, name) -> {key: Tensor}
+                                arrays that travel with the adapter but do not train (a sparse
+                                delta's indices): saved beside state(), loaded before it, left
+                                out of the parameter counts, reported as index_bytes [none]
+    aux_loss(pm, name) -> scalar Tensor or None
+                                a term train.fit adds to the task loss (an L0 or L1 penalty) [none]
+    before_step(pm, name, step, optimizer)
+                                train.fit calls it after backward and clipping, before
+                                optimizer.step() (a gradient mask; noise redrawn per step) [none]
+    prepare(pm, name, loss_fn, batches)
+                                a data-dependent setup before training (a Fisher pass, LT-SFT's
+                                full fine-tuning phase); tasks.finetune calls it before fit [none]
     EXCLUSIVE = True            it trains base parameters in place: alone on its model, never
                                 routed, deleted or merged [False]
     CAN_DISABLE = False         disable_adapter() refuses: no base model to go back to [True]
     STARTS_AT_BASE = True       before training, outputs equal the base model's exactly [False]
+    RANDOM_IN_TRAINING = True   a training-mode forward pass draws random choices (AdaMix's
+                                experts), so two passes differ; eval mode is deterministic and
+                                the contract tests compare its outputs in eval mode [False]
+    PER_SAMPLE = False          adapter_names cannot route it to some samples of a batch only (a
+                                W0 + Delta that the whole batch shares): a ValueError says so [True]
+
+A sparse method's formula counts nonzeros: `trainable` is the number of values it trains, and it
+adds `nonzeros` (entries of the base weights it may change) and `index_bytes` (the indices it
+saves); PeftModel.trainable_summary and print_trainable_parameters report the same, counted.
 """
 from __future__ import annotations
 

@@ -7,12 +7,14 @@ being added. What every method must do:
 - counted trainable parameters equal its closed-form formula, and what it saves is what trains;
 - a float64 gradient check end to end (LM and classifier) through its trainable parameters;
 - it starts equal to the base model where it promises so (STARTS_AT_BASE);
+- outputs are compared in eval mode for a method whose training passes are random (RANDOM_IN_TRAINING);
 - training changes its own parameters and no other; the loss goes down; AdamW keeps 8 bytes per
   trainable float32 parameter and none for frozen ones;
 - save/load reproduces the outputs exactly, loaded frozen unless is_trainable=True;
 - disable_adapter gives the base model exactly (or refuses, CAN_DISABLE = False);
 - delete_adapter gives the base model back exactly (or refuses, EXCLUSIVE);
-- per-sample routing of two adapters of the method equals each sample run alone (unless EXCLUSIVE);
+- per-sample routing of two adapters of the method equals each sample run alone (unless EXCLUSIVE),
+  or, where the method declares PER_SAMPLE = False (a W0 + Delta shared by the batch), a clear error;
 - merge_adapter keeps the outputs and unmerge_adapter restores the weights (or it refuses);
 - `layers` and `modules_to_save`, where a config has them, are checked the same way everywhere;
 - a caller's prefix= rows join whatever the method does.
@@ -57,13 +59,18 @@ def config(method, heads=()):
 
 
 def flag(method, name):
-    return getattr(module(method), name, name == "CAN_DISABLE")
+    return getattr(module(method), name, name in ("CAN_DISABLE", "PER_SAMPLE"))
+
+
+def settled(pm, method):
+    """pm itself, in eval mode where the method's training passes are random (RANDOM_IN_TRAINING)."""
+    return pm.eval() if flag(method, "RANDOM_IN_TRAINING") else pm
 
 
 def adapted(tiny, arch, method, name="default", seed=1, **kw):
     pm = apply(tiny.model(arch, n_labels=3, n_ctx=N_CTX, **kw), config(method, HEAD), name=name)
     tiny.perturb(pm, std=0.1, seed=seed)
-    return pm
+    return settled(pm, method)
 
 
 def outputs(tiny, pm, ids):
@@ -156,7 +163,7 @@ def test_starts_equal_to_the_base_model(tiny, arch, method):
     model = tiny.model(arch, n_labels=3, n_ctx=N_CTX)
     ids = tiny.ids()
     base = outputs(tiny, model, ids)
-    pm = apply(model, config(method, HEAD))
+    pm = settled(apply(model, config(method, HEAD)), method)
     for got, want in zip(outputs(tiny, pm, ids), base):
         assert numpy.array_equal(got, want), f"{method} at step 0: max |adapted - base| {abs(got - want).max()}"
 
@@ -199,7 +206,7 @@ def test_save_load_round_trip(tiny, arch, method, tmp_path):
     pm.save_pretrained(str(tmp_path))
     fresh = tiny.model(arch, n_labels=3, n_ctx=N_CTX)
     assert abs(tiny.np(fresh(ids)[0]) - want[0]).max() > 1e-6, "the fresh base must differ from the adapted model"
-    loaded = PeftModel.from_pretrained(fresh, str(tmp_path))
+    loaded = settled(PeftModel.from_pretrained(fresh, str(tmp_path)), method)
     for got, w in zip(outputs(tiny, loaded, ids), want):
         assert numpy.array_equal(got, w), f"{method}: reloaded outputs differ by {abs(got - w).max()}"
     assert loaded.trainable_parameters() == [], "a loaded adapter is frozen unless is_trainable=True"
@@ -215,7 +222,7 @@ def test_disable_adapter(tiny, arch, method):
     model = tiny.model(arch, n_labels=3, n_ctx=N_CTX)
     ids = tiny.ids()
     base = outputs(tiny, model, ids)
-    pm = apply(model, config(method, HEAD))
+    pm = settled(apply(model, config(method, HEAD)), method)
     tiny.perturb(pm, std=0.1)
     on = outputs(tiny, pm, ids)
     if not flag(method, "CAN_DISABLE"):
@@ -236,7 +243,7 @@ def test_delete_adapter(tiny, arch, method):
     names = {n for n, _ in model.named_parameters()}
     ids = tiny.ids()
     base = outputs(tiny, model, ids)
-    pm = apply(model, config(method, HEAD))
+    pm = settled(apply(model, config(method, HEAD)), method)
     tiny.perturb(pm, std=0.1)
     if flag(method, "EXCLUSIVE"):
         with pytest.raises(ValueError, match="cannot be deleted.*Reload"):
@@ -249,7 +256,7 @@ def test_delete_adapter(tiny, arch, method):
     assert all(numpy.array_equal(a, b) for a, b in zip(outputs(tiny, pm, ids), base))
 
 
-@pytest.mark.parametrize("method", [n for n in NAMES if not flag(n, "EXCLUSIVE")])
+@pytest.mark.parametrize("method", [n for n in NAMES if not flag(n, "EXCLUSIVE") and flag(n, "PER_SAMPLE")])
 def test_routing_equals_each_sample_alone(tiny, arch, method):
     pm = adapted(tiny, arch, method, name="a")
     pm.add_adapter("b", config(method, HEAD))
@@ -264,6 +271,21 @@ def test_routing_equals_each_sample_alone(tiny, arch, method):
     assert abs(lm - numpy.concatenate([a[0] for a in alone])).max() < 1e-12
     assert abs(cls - numpy.concatenate([a[1] for a in alone])).max() < 1e-12
     assert abs(alone[0][1] - alone[1][1]).max() > 1e-6, "the two adapters (and heads) should differ"
+
+
+@pytest.mark.parametrize("method", [n for n in NAMES if not flag(n, "EXCLUSIVE") and not flag(n, "PER_SAMPLE")])
+def test_no_per_sample_routing_says_why(tiny, method):
+    """PER_SAMPLE = False (a W0 + Delta the batch shares): mixed adapter_names are refused, with the
+    reason; a batch routed wholly to one adapter is that adapter."""
+    pm = adapted(tiny, "gpt2", method, name="a")
+    pm.add_adapter("b", config(method, HEAD))
+    ids = tiny.ids(4, 5)
+    with pytest.raises(ValueError, match="cannot be routed to some samples only"):
+        pm(ids, adapter_names=["a", "b", "b", "a"])
+    with pytest.raises(ValueError, match="cannot be routed to some samples only"):
+        pm.classify(ids, adapter_names=["a", None, "a", "a"])
+    pm.set_adapter("a")
+    assert numpy.array_equal(tiny.np(pm(ids, adapter_names=["a"] * 4)[0]), tiny.np(pm(ids)[0]))
 
 
 @pytest.mark.parametrize("method", NAMES)
