@@ -260,6 +260,7 @@ def test_delete_adapter(tiny, arch, method):
 def test_routing_equals_each_sample_alone(tiny, arch, method):
     pm = adapted(tiny, arch, method, name="a")
     pm.add_adapter("b", config(method, HEAD))
+    settled(pm, method)
     tiny.perturb([p for n, p in pm.named_parameters() if p.requires_grad and ".b." in n], std=0.2, seed=9)
     names = ["a", "b", "b", "a"]
     ids = tiny.ids(len(names), 5)
