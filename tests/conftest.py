@@ -52,6 +52,7 @@ TASK_MARKERS = {
     "task_transformer": "the Transformer in both layouts",
     "task_training": "training steps, the training loop, pretraining and fine-tuning tasks",
     "task_hf": "Hugging Face BERT/GPT-2 checkpoints in and out, MiniLM sentence embeddings",
+    "task_course": "the course kit: solution regions, student copies, the autograder",
 }
 
 INFRA_MARKER = "threads, processes, malloc: the speed machinery, not the lesson (skip: -m 'not infra')"

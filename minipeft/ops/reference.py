@@ -65,9 +65,11 @@ class GELU(Function):
     @staticmethod
     def backward(ctx, g):
         x, h = ctx.saved
+        # BEGIN SOLUTION gelu_backward
         du = _C * (1.0 + 3 * 0.044715 * x * x)      # u' = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
         dh = 2.0 * h * (1.0 - h) * du                # h' = 2 h (1 - h) u'
         return g * (h + x * dh)                      # dx = g (h + x h')
+        # END SOLUTION
 
 
 def gelu(x):
@@ -107,11 +109,13 @@ class LayerNorm(Function):
         xhat, rstd, w = ctx.saved
         need_x, need_w, need_b = ctx.needs_input_grad
         rows = tuple(range(g.ndim - 1))                          # every axis but the last
+        # BEGIN SOLUTION layer_norm_backward
         gh = g * w                                               # gh = g w         (..., d)
         db = g.sum(axis=rows) if need_b else None                # db = sum g
         dw = (g * xhat).sum(axis=rows) if need_w else None       # dw = sum g xhat
         # dx = (gh - mean(gh) - xhat mean(gh xhat)) / sigma
         dx = (gh - mean(gh) - xhat * mean(gh * xhat)) * rstd if need_x else None
+        # END SOLUTION
         return dx, dw, db
 
 
@@ -150,9 +154,11 @@ class CrossEntropy(Function):
     @staticmethod
     def backward(ctx, g):
         p, t, keep, n = ctx.saved
+        # BEGIN SOLUTION cross_entropy_backward
         onehot = t[:, None] == backend.xp.arange(p.shape[1])     # (N, C) bool
         # dx_i = (softmax(x_i) - onehot(t_i)) keep_i g / n
         return (p - onehot) * (keep * g / n)[:, None], None
+        # END SOLUTION
 
 
 def cross_entropy(logits, targets, ignore_index=-100):
@@ -183,9 +189,11 @@ class Attention(Function):
         B, H, Tq, D = q.shape
         Tk, P = k.shape[2], 0 if k_prefix is None else k_prefix.shape[2]
         if P:
+            # BEGIN SOLUTION prefix_attention
             # K' = [K_prefix ; K],  V' = [V_prefix ; V]                      (B, H, P + Tk, D)
             k = xp.concatenate([xp.broadcast_to(k_prefix, (B, H, P, D)), k], axis=2)
             v = xp.concatenate([xp.broadcast_to(v_prefix, (B, H, P, D)), v], axis=2)
+            # END SOLUTION
         s = 1.0 / math.sqrt(D)
         seen = visible(B, Tq, Tk, P, causal, key_mask, prefix_start)       # (B|1, 1, Tq|1, P + Tk)
         # S = Q K'^T s + mask                                                (B, H, Tq, P + Tk)
@@ -202,6 +210,7 @@ class Attention(Function):
         q, k, v, A, seen, s, P, prefix_batch = ctx.saved
         need_q, need_k, need_v, need_kp, need_vp = (tuple(ctx.needs_input_grad) + (False,) * 5)[:5]
         need_dk, need_dv = need_k or need_kp, need_v or need_vp        # dK', dV' hold K, V and the prefix
+        # BEGIN SOLUTION attention_backward
         dv = A.swapaxes(-1, -2) @ G if need_dv else None                # dV' = A^T G
         if need_q or need_dk:
             dA = G @ v.swapaxes(-1, -2)                                 # dA  = G V'^T
@@ -209,6 +218,7 @@ class Attention(Function):
             dS = backend.xp.where(seen, dS, 0.0)                        # (0 where masked: S is constant there)
         dq = dS @ k * s if need_q else None                             # dQ  = dS K' s
         dk = dS.swapaxes(-1, -2) @ q * s if need_dk else None           # dK' = dS^T Q s
+        # END SOLUTION
         gk, gkp = _split(dk, P, prefix_batch)
         gv, gvp = _split(dv, P, prefix_batch)
         return (dq, gk if need_k else None, gv if need_v else None,
@@ -220,7 +230,11 @@ def _split(d, P, prefix_batch):
     whole batch (leading dim 1) gets the sum over the batch."""
     if d is None:
         return None, None
+    if not P:
+        return d, None
+    # BEGIN SOLUTION prefix_gradient
     return d[:, :, P:], d[:, :, :P].sum(axis=0, keepdims=True) if prefix_batch == 1 else d[:, :, :P]
+    # END SOLUTION
 
 
 def attention(q, k, v, k_prefix=None, v_prefix=None, causal=True, key_mask=None, prefix_start=None):

@@ -86,9 +86,11 @@ class LoraLinear(AdapterLayer):
 
     def delta(self, name: str, x):
         """(alpha/r) B A dropout(x):  (..., d_in) -> (..., d_out)."""
+        # BEGIN SOLUTION lora_delta
         x = ops.dropout(x, self.dropout[name], self.training)
         # the scaling goes on the thin (..., r) activation: one pass over r columns, not d_out
         return self.lora_B[name](self.lora_A[name](x) * self.scaling[name])
+        # END SOLUTION
 
     def forward(self, x):
         y = self.base_layer(x)                                   # W0 x + b  (frozen)
@@ -98,7 +100,9 @@ class LoraLinear(AdapterLayer):
 
     def delta_weight(self, name: str):
         """Delta W = (alpha/r) B A, shape (d_out, d_in), as a raw array."""
+        # BEGIN SOLUTION lora_merge
         return backend.matmul(self.lora_B[name].weight.data, self.lora_A[name].weight.data) * self.scaling[name]
+        # END SOLUTION
 
     def extra_repr(self):
         return f"adapters={self.lora_A.keys()}, merged={self.merged}"
@@ -154,7 +158,9 @@ def merge(pm, name: str) -> None:
             raise ValueError(f"adapter {name!r} uses lora_dropout={layer.dropout[name]}: merging in training "
                              f"mode would drop the dropout the unmerged layer applies; call model.eval() first")
         w = layer.base_layer.weight
+        # BEGIN SOLUTION lora_merge
         w.data = w.data + layer.delta_weight(name).astype(w.dtype)
+        # END SOLUTION
         layer.merged.append(name)
 
 
@@ -164,7 +170,9 @@ def unmerge(pm, name: str) -> None:
         if name not in layer.merged:
             continue
         w = layer.base_layer.weight
+        # BEGIN SOLUTION lora_merge
         w.data = w.data - layer.delta_weight(name).astype(w.dtype)
+        # END SOLUTION
         layer.merged.remove(name)
 
 

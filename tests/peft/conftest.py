@@ -7,6 +7,8 @@
     pytest -m task_bitfit    BitFit and full fine-tuning (top-k layers, layer-wise lr decay)
     pytest -m task_count     parameter counts: formula vs counted, print_trainable_parameters,
                              `minipeft count` against the published arithmetic
+    pytest -m task_prefix    prefix tuning (MLP reparametrisation, infix, layer subsets, cache)
+    pytest -m task_prompt    prompt tuning (the three inits, routing, cached decoding)
     pytest -m task_ia3       IA3: exact start, scaled layers, gradients, merge/unmerge, counts
 
 Models are tiny (vocab 13, d 8, 2 layers, 2 heads) in both layouts, arch="gpt2" and arch="bert".
@@ -38,6 +40,8 @@ PEFT_MARKERS = {
     "task_bitfit": "BitFit (biases, LayerNorm gains) and full fine-tuning (top-k layers, lr decay)",
     "task_count": "parameter counts: formula vs counted, print_trainable_parameters, minipeft count",
     "task_ia3": "IA3: exact start, scaled layers, gradient checks, no weight-gradient matmul, merge/unmerge",
+    "task_prefix": "prefix tuning: gradients, the MLP reparametrisation, infix rows, layer subsets, cache",
+    "task_prompt": "prompt tuning: gradients, the three inits, routing, several prompts, cached decoding",
 }
 
 SMALL = dict(vocab_size=13, n_ctx=12, d_model=8, n_layer=2, n_head=2)

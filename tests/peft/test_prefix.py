@@ -18,6 +18,7 @@ from minipeft.peft import prefix as prefix_method
 from soft_inputs import SEP, base_state, batch, train_to_token, trainable, wide
 
 np = B.host()
+pytestmark = pytest.mark.task_prefix
 
 
 # ----------------------------------------------------------------------------- the attention op

@@ -13,6 +13,7 @@ from minipeft.peft import prompt as prompt_method
 from soft_inputs import base_state, batch, train_to_token, trainable, wide
 
 np = B.host()
+pytestmark = pytest.mark.task_prompt
 
 
 def _pe(pm, name="default"):
