@@ -7,7 +7,8 @@
     minipeft finetune --method lora --task e2e --model gpt2-m --steps 300 --out runs/e2e-lora
 
 Bad arguments and missing files give one line on stderr (`minipeft: error: ...`) and exit
-status 2, not a traceback. Set MINIPEFT_DEBUG=1 to see the traceback.
+status 2, not a traceback; Ctrl-C gives one line saying what was kept and exit status 130.
+Set MINIPEFT_DEBUG=1 to see the traceback.
 """
 from __future__ import annotations
 
@@ -74,6 +75,9 @@ def _cmd_pretrain(a):
     from .pretrain import pretrain
     use(a.backend)
     out = a.out or os.path.join("data", "checkpoints", a.preset)
+    if os.path.exists(os.path.join(out, "model.safetensors")) and not a.overwrite:
+        raise ValueError(f"{out} holds a checkpoint already (the shipped one, or an earlier run); pass "
+                         "--overwrite to replace it, or --out DIR for a new folder")
     m = pretrain(a.preset, out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
                  eval_every=a.eval_every, progress=not a.quiet, init_from=a.init_from)
     print(json.dumps(m, indent=1))
@@ -93,7 +97,11 @@ def _cmd_generate(a):
     from .generate import generate_text
     from .pretrain import load_pretrained
     use(a.backend)
-    model = load_pretrained(a.model)
+    info = None
+    if a.adapter:
+        from .tasks import read_task_file
+        info = read_task_file(a.adapter)          # finetune's task.json: the task's prompt format, the base
+    model = load_pretrained(a.model or (info or {}).get("model") or "gpt2-m")
     if a.adapter:
         from .peft import PeftModel
         model = PeftModel.from_pretrained(model, a.adapter)
@@ -105,9 +113,21 @@ def _cmd_generate(a):
                "sample": {"temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p, "seed": a.seed}}
     if a.method not in options:
         raise ValueError(f"unknown --method {a.method!r}; choose greedy, beam or sample")
-    outs = generate_text(model, tok, texts, max_new_tokens=a.max_new_tokens, method=a.method, **options[a.method])
+    if info is None:                              # plain text: print the text and its continuation
+        outs = generate_text(model, tok, texts, max_new_tokens=a.max_new_tokens, method=a.method, **options[a.method])
+        for t, o in zip(texts, outs):
+            print(f"{t}{o}")
+        return
+    from .generate import generate
+    from .tasks import soft_prompt_length, task_prompts
+    room = model.config.n_ctx - soft_prompt_length(model) - a.max_new_tokens
+    if room < 3:
+        raise ValueError(f"--max-new-tokens {a.max_new_tokens} leaves no room for the input in the model's "
+                         f"{model.config.n_ctx} context positions; use a smaller --max-new-tokens")
+    prompts = task_prompts(tok, info["task"], texts, room)   # e.g. <bos> source <sep>, as in training
+    outs = generate(model, prompts, a.max_new_tokens, method=a.method, eos_id=tok.eos_id, **options[a.method])
     for t, o in zip(texts, outs):
-        print(f"{t}{o}")
+        print(f"{t}\n  -> {tok.decode([i for i in o if i != tok.eos_id]).strip()}")
 
 
 def _cmd_finetune(a):
@@ -150,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="output directory (default data/checkpoints/PRESET)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--init-from", default=None, help="continue from this checkpoint directory (a second stage)")
+    t.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
     common(t)
     t.set_defaults(fn=_cmd_pretrain)
 
@@ -159,8 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=_cmd_eval)
 
     g = sub.add_parser("generate", help="continue text with a decoder checkpoint")
-    g.add_argument("--model", default="gpt2-m")
-    g.add_argument("--adapter", default=None, help="directory written by save_pretrained / finetune")
+    g.add_argument("--model", default=None, help="shipped preset or checkpoint dir (default: the base model "
+                   "the --adapter was trained on, else gpt2-m)")
+    g.add_argument("--adapter", default=None, help="directory written by save_pretrained / finetune (finetune's "
+                   "also records its task: each text is then shown as in training, e.g. <bos> TEXT <sep>)")
     g.add_argument("--text", action="append", help="input text (repeatable); default: lines of stdin")
     g.add_argument("--max-new-tokens", type=int, default=40)
     g.add_argument("--method", default="greedy", help="greedy, beam or sample")
@@ -192,7 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--data", default=None, metavar="DIR",
                    help="read the task from DIR, a folder laid out like data/ (e.g. DIR/e2e/train.csv,"
                         " or the real releases' names: DIR/e2e/trainset.csv ...); default: data/")
-    f.add_argument("--out", default=None, help="where the best adapter and the log go")
+    f.add_argument("--out", default=None, help="where the best adapter and the log go (default: a new "
+                   "folder runs/TASK-METHOD[-N] for every run)")
+    f.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     f.add_argument("--quiet", action="store_true")
     f.add_argument("--processes", type=int, default=None,
                    help="training processes, one thread each (default: one per usable core on Linux "
@@ -207,12 +232,17 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         args.fn(args)
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError, TypeError, ImportError) as e:
+    except (ValueError, KeyError, OSError, RuntimeError, TypeError, ImportError) as e:
         if os.environ.get("MINIPEFT_DEBUG"):
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"minipeft: error: {msg}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:                # Ctrl-C: finetune and pretrain say what they kept
+        if os.environ.get("MINIPEFT_DEBUG"):
+            raise
+        print(f"\nminipeft: {e.args[0] if e.args else 'interrupted'}", file=sys.stderr)
+        return 130
     return 0
 
 

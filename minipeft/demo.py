@@ -17,6 +17,15 @@ import os
 import time
 
 
+WHAT_NEXT = """\
+What you are looking at: after a minute of training only {{q, v}}'s low-rank updates, the model has learnt
+the task's format (a fluent sentence about a venue) but not yet to copy the input, so an "after" output
+often names another venue or drops an attribute: compare each one with its input line above. Try next:
+train longer and see whether the names come right (python -m minipeft.demo --steps 2000), run the adapter
+on an input of your own (.venv/bin/minipeft generate --adapter {out} --text "{src}"), or open
+lectures/02_lora.ipynb (make lab)."""
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=400)
@@ -36,15 +45,15 @@ def main(argv=None) -> None:
     print("minipeft demo: LoRA on table-to-text (E2E format) with the shipped gpt2-m decoder\n")
     res = finetune("e2e", LoraConfig(r=8, lora_alpha=16, target_modules=("q", "v")), "gpt2-m",
                    steps=a.steps, batch_size=16, eval_size=a.eval_size, eval_every=max(a.steps // 2, 1),
-                   out_dir=a.out, show=3, processes=a.processes)
+                   out_dir=a.out, show=3, processes=a.processes, overwrite=True)   # the demo's own folder
     print("\nThe same dev inputs, before and after fine-tuning:")
     for src, before, after in res.examples:
         print(f"\n  input:  {src}\n  before: {before[:160]}\n  after:  {after[:160]}")
     print(f"\ndev BLEU {res.before['bleu']:.1f} -> {res.after['bleu']:.1f}, ROUGE-L "
           f"{res.before['rouge_l']:.3f} -> {res.after['rouge_l']:.3f}, training "
           f"{res.trainable:,} of {res.total:,} parameters ({100 * res.trainable / res.total:.2f}%)")
-    print(f"adapter saved in {a.out}/ (adapter_config.json, adapter_model.safetensors); "
-          f"total time {time.perf_counter() - t0:.0f} s")
+    print(f"total time {time.perf_counter() - t0:.0f} s\n")
+    print(WHAT_NEXT.format(out=a.out, src=res.examples[0][0] if res.examples else "name : The Eagle | food : Chinese"))
 
 
 if __name__ == "__main__":

@@ -143,6 +143,9 @@ def pretrain(preset: str, out_dir: str, steps: int = 2000, batch_size: int = 16,
     from .data.tokenizer import Tokenizer
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    for flag, value in (("--steps", steps), ("--batch-size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{flag} {value!r}: expected a whole number >= 1")
     tokenizer_path = tokenizer_path or os.path.join(DATA, "tokenizer.json")
     corpus_dir = corpus_dir or os.path.join(DATA, "pretrain")
     tok = Tokenizer.from_file(tokenizer_path)
@@ -172,9 +175,13 @@ def pretrain(preset: str, out_dir: str, steps: int = 2000, batch_size: int = 16,
     if os.path.exists(log_path):
         os.remove(log_path)
     t0 = time.perf_counter()
-    fit(model, lm_loss, batches, steps=steps, lr=lr, weight_decay=0.01, warmup=min(200, steps // 10),
-        schedule="cosine", clip=1.0, eval_fn=lambda m: {"heldout_loss": heldout_loss(m, held)},
-        eval_every=eval_every, log_path=log_path, progress=progress, desc=f"pretrain {preset}")
+    try:
+        fit(model, lm_loss, batches, steps=steps, lr=lr, weight_decay=0.01, warmup=min(200, steps // 10),
+            schedule="cosine", clip=1.0, eval_fn=lambda m: {"heldout_loss": heldout_loss(m, held)},
+            eval_every=eval_every, log_path=log_path, progress=progress, desc=f"pretrain {preset}")
+    except KeyboardInterrupt:
+        raise PretrainInterrupted(f"interrupted: no checkpoint was written (a checkpoint in {out_dir} is as it "
+                                  f"was); the log so far is in {log_path}") from None
     seconds = time.perf_counter() - t0
     model.eval()
     with no_grad():
@@ -193,6 +200,10 @@ def pretrain(preset: str, out_dir: str, steps: int = 2000, batch_size: int = 16,
     save_checkpoint(model, out_dir, cfg.to_dict())
     write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics)
     return metrics
+
+
+class PretrainInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `pretrain`: args[0] says what was kept (the checkpoint is written only at the end)."""
 
 
 def load_pretrained(name_or_dir: str, n_labels: int = 0):

@@ -18,6 +18,12 @@ Classification, two ways, scored by accuracy, macro F1 and Matthews correlation:
 `finetune(...)` runs one method on one task end to end: load the shipped checkpoint, apply the
 PEFT config, evaluate before, train with `fit`, keep the best adapter by the dev score,
 evaluate after, and save the adapter. `minipeft finetune` and `make demo` call it.
+
+Every run writes into its own folder: without `out_dir`, a new one under runs/ (runs/e2e-lora,
+then runs/e2e-lora-2, ...); a given `out_dir` that holds an earlier run is refused unless
+`overwrite=True`. The folder gets the best adapter (adapter_config.json, adapter_model.safetensors),
+task.json (the task, its prompt format and the base model: `minipeft generate --adapter DIR`
+reads it), log.jsonl and result.json. Ctrl-C stops the run with one line saying what was kept.
 """
 from __future__ import annotations
 
@@ -385,24 +391,33 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
              lr: float | None = None, train_size: int | None = None, eval_size: int = 100,
              eval_every: int = 100, patience: int | None = None, out_dir: str | None = None,
              seed: int = 0, progress: bool = True, show: int = 0, verbose: bool = True,
-             processes: int | None = None, data_dir: str | None = None) -> FinetuneResult:
+             processes: int | None = None, data_dir: str | None = None,
+             overwrite: bool = False) -> FinetuneResult:
     """Fine-tune a shipped model on `task` with `peft_config`; keep and save the best adapter.
     processes: None (default) = one process per usable core where data parallelism is supported
     (parallel.default_processes: Linux, NumPy), the same result to rounding as 1; 1 = one process;
     n > 1: n processes (see train.fit and minipeft.parallel).
     data_dir: read the task's train and dev splits from this folder (laid out like data/, e.g.
     DIR/e2e/train.csv, or with the real releases' file names; see SPLIT_FILES) instead of the
-    shipped data/."""
+    shipped data/.
+    out_dir: where the run goes (default: a new folder under runs/, see new_run_dir); one that holds
+    an earlier run is refused unless overwrite=True. Every bad option is reported before any work."""
     from .hf import load_pretrained as load_model_and_tokenizer
     from .peft import apply
     from .peft.registry import method_of
     if task not in GEN_TASKS + CLS_TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {GEN_TASKS + CLS_TASKS}")
+    _check_run_options(steps, batch_size, train_size, eval_size, eval_every, patience)
     from .parallel import check_supported, default_processes
     processes = default_processes(batch_size) if processes is None else check_supported(processes)  # before loading
     method = method_of(peft_config)
     train = load_task(task, "train", data_dir)[:train_size]     # a missing file fails fast
     dev = load_task(task, "dev", data_dir)[:eval_size]
+    for split, got in (("train", train), ("dev", dev)):
+        if not got:
+            raise ValueError(f"the {task} {split} split ({task_file(task, split, data_dir)}) has no examples")
+    out_dir = out_dir or new_run_dir(task, peft_config.method)
+    prepare_out_dir(out_dir, overwrite)
     backend.manual_seed(seed)
     is_cls, is_lm = task in CLS_TASKS, task == "sst2-lm"
     default_model = "bert-m" if task == "sst2" else "gpt2-m"
@@ -411,6 +426,7 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
     model, tok = load_model_and_tokenizer(model_name or default_model, n_labels=n_labels)
     pm = apply(model, peft_config)
     lr = lr if lr is not None else method.DEFAULT_LR
+    _check_context_room(task, model.config.n_ctx, soft_prompt_length(pm))
     n_ctx = model.config.n_ctx - soft_prompt_length(pm)     # a soft prompt takes positions too
 
     if is_cls:
@@ -441,21 +457,31 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
     if verbose:
         pm.print_trainable_parameters()
         print("before: " + _fmt(before))
-    out_dir = out_dir or os.path.join("runs", f"{task}-{peft_config.method}")
-    os.makedirs(out_dir, exist_ok=True)
+    from .checkpoint import write_json_atomic
+    write_json_atomic(os.path.join(out_dir, TASK_FILE), {"task": task, "prompt_format": PROMPT_FORMATS[task],
+                                                         "model": model_name or default_model})
+    kept = {}
 
     def keep_best(step, metrics):
         pm.save_pretrained(out_dir)
+        kept.update(step=step, score=metrics.get(select))
 
     params = None
     if getattr(peft_config, "layer_lr_decay", None):      # full fine-tuning with eta^{l-1} = xi * eta^l
         from .peft.full import param_groups
         params = param_groups(pm, lr, peft_config.layer_lr_decay)
-    hist = fit(pm, loss_fn, batches, steps=steps, lr=lr, params=params, warmup=min(30, steps // 10), schedule="linear",
-               eval_fn=lambda m: {k: v for k, v in evaluate(m).items() if k != "outputs"},
-               eval_every=eval_every, select=select, mode="max", patience=patience, on_best=keep_best,
-               log_path=os.path.join(out_dir, "log.jsonl"), progress=progress, desc=f"{task} {peft_config.method}",
-               processes=processes)
+    try:
+        hist = fit(pm, loss_fn, batches, steps=steps, lr=lr, params=params, warmup=min(30, steps // 10),
+                   schedule="linear", eval_fn=lambda m: {k: v for k, v in evaluate(m).items() if k != "outputs"},
+                   eval_every=eval_every, select=select, mode="max", patience=patience, on_best=keep_best,
+                   log_path=os.path.join(out_dir, "log.jsonl"), progress=progress,
+                   desc=f"{task} {peft_config.method}", processes=processes)
+    except KeyboardInterrupt:
+        if kept:
+            raise FinetuneInterrupted(f"interrupted: kept the best adapter so far (step {kept['step']}, dev "
+                                      f"{select} {kept['score']:.4f}) in {out_dir}") from None
+        raise FinetuneInterrupted(f"interrupted before the first evaluation (every {eval_every} steps): no "
+                                  f"adapter was kept; the log so far is in {os.path.join(out_dir, 'log.jsonl')}") from None
     # counted while training: the best adapter reloaded below comes back frozen (is_trainable=False)
     s = pm.trainable_summary() if pm.peft_config else {"trainable": 0, "total": pm.num_parameters()}
     # reload the best adapter (the last step is not necessarily the best)
@@ -472,11 +498,113 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
                    "after": summary, "best": hist.best, "seconds": time.perf_counter() - t0}, f, indent=1)
     if verbose:
         print("after:  " + _fmt(after))
+        best = f"best dev {select} at step {hist.best['step']}" if hist.best else "the last step"
+        print(f"saved in {out_dir}: the adapter ({best}; adapter_config.json, adapter_model.safetensors), "
+              f"{TASK_FILE}, log.jsonl, result.json")
     examples = []
     if not is_cls:
         examples = [(dev[i].source, before["outputs"][i], after["outputs"][i]) for i in range(min(show, len(dev)))]
     return FinetuneResult(task, peft_config.method, before, after, s["trainable"], s["total"],
                           time.perf_counter() - t0, hist.best["step"] if hist.best else None, examples)
+
+
+# ----------------------------------------------------------------------------- the run folder
+
+TASK_FILE = "task.json"          # in an adapter folder: the task it was trained on and its prompt format
+RUN_FILES = ("adapter_config.json", "adapter_model.safetensors", TASK_FILE, "log.jsonl", "result.json")
+PROMPT_FORMATS = {               # how each task shows an example to the model (the ids, as text)
+    "e2e": "<bos> {source} <sep>", "webnlg": "<bos> {source} <sep>",
+    "sst2": "<cls> {sentence} <sep>", "sst2-lm": "<bos> " + LM_TEMPLATE.format("{sentence}"),
+}
+
+
+class FinetuneInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `finetune`: args[0] says what was kept (the best adapter so far, and where)."""
+
+
+def new_run_dir(task: str, method: str, root: str = "runs") -> str:
+    """root/TASK-METHOD, or root/TASK-METHOD-2, -3, ...: the first name not taken."""
+    base = os.path.join(root, f"{task}-{method}")
+    path, k = base, 1
+    while os.path.exists(path):
+        k += 1
+        path = f"{base}-{k}"
+    return path
+
+
+def prepare_out_dir(out_dir: str, overwrite: bool = False) -> None:
+    """Make `out_dir` for a run, or say why it cannot be, before any work starts: a file in its
+    place or on its path, or an earlier run in it (refused unless overwrite=True; with it, the
+    earlier run's files are removed, so that log.jsonl starts afresh)."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"--out {out_dir} is a file, not a folder; choose another --out")
+    up = os.path.abspath(out_dir)
+    while not os.path.exists(up):
+        up = os.path.dirname(up)
+    if not os.path.isdir(up):
+        raise ValueError(f"--out {out_dir}: {up} is a file, so no folder can be made under it; "
+                         "choose another --out")
+    earlier = [f for f in RUN_FILES if os.path.exists(os.path.join(out_dir, f))]
+    if earlier and not overwrite:
+        raise ValueError(f"--out {out_dir} holds an earlier run ({', '.join(earlier)}); pass --overwrite "
+                         "(finetune(..., overwrite=True)) to replace it, or choose another --out "
+                         "(without --out every run gets a new folder under runs/)")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out {out_dir}: cannot make this folder ({e.strerror}); choose another --out") from None
+    for f in earlier:
+        os.remove(os.path.join(out_dir, f))
+
+
+def read_task_file(adapter_dir: str) -> dict | None:
+    """The task.json that finetune wrote beside an adapter ({"task", "prompt_format", "model"}),
+    or None for an adapter saved otherwise (save_pretrained alone)."""
+    path = os.path.join(adapter_dir, TASK_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} cannot be read as JSON ({e}); delete it to use the adapter without its "
+                         "task's prompt format") from None
+    if not isinstance(info, dict) or info.get("task") not in GEN_TASKS + CLS_TASKS:
+        raise ValueError(f"{path}: expected {{\"task\": one of {GEN_TASKS + CLS_TASKS}, ...}}, got {info!r}")
+    return info
+
+
+def task_prompts(tok, task: str, texts: list, room: int) -> list:
+    """Token ids of each text shown as `task` shows its inputs (PROMPT_FORMATS), in at most
+    `room` tokens: what `minipeft generate --adapter DIR` feeds an adapter that finetune trained."""
+    if task in GEN_TASKS:
+        return [[tok.bos_id] + fit_source(tok, t, max(room - 2, 1))[0] + [tok.sep_id] for t in texts]
+    if task == "sst2-lm":
+        return [[tok.bos_id] + tok.encode(LM_TEMPLATE.format(t))[-(room - 1):] for t in texts]
+    raise ValueError(f"this adapter was trained on {task!r}, a classification with a head: it has no text to "
+                     "generate (evaluate it with tasks.evaluate_classification)")
+
+
+def _check_run_options(steps, batch_size, train_size, eval_size, eval_every, patience) -> None:
+    """One clear error for each option out of range, before any work starts."""
+    for name, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1), ("eval_size", eval_size, 1),
+                             ("eval_every", eval_every, 1), ("train_size", train_size, 1), ("patience", patience, 1)):
+        if value is None and name in ("train_size", "patience"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} {value!r}: expected a whole number >= {low}"
+                             + (" (all examples: leave it out)" if name == "train_size" else ""))
+
+
+def _check_context_room(task: str, n_ctx: int, prompt_len: int) -> None:
+    """A soft prompt must leave room in the context for the task's inputs (and, for generation,
+    the 60 tokens evaluate_generation decodes)."""
+    need = 63 if task in GEN_TASKS else 3
+    if prompt_len and n_ctx - prompt_len < need:
+        raise ValueError(f"--length {prompt_len}: the soft prompt takes {prompt_len} of the model's {n_ctx} "
+                         f"context positions and leaves {max(n_ctx - prompt_len, 0)}; {task} needs {need} "
+                         f"(its input and what it generates): use --length {n_ctx - need} or less")
 
 
 def _fmt(metrics: dict) -> str:
@@ -498,6 +626,6 @@ def finetune_cli(a) -> None:
     res = finetune(a.task, cfg, a.model, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                    train_size=a.train_size, eval_size=a.eval_size, eval_every=a.eval_every,
                    patience=a.patience, out_dir=a.out, seed=a.seed, progress=not a.quiet, show=3,
-                   processes=a.processes, data_dir=a.data)
+                   processes=a.processes, data_dir=a.data, overwrite=a.overwrite)
     for src, b, c in res.examples:
         print(f"\n{src}\n  before: {b}\n  after:  {c}")

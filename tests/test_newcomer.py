@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -94,3 +95,124 @@ def test_readme_minipeft_commands_parse_and_make_targets_exist():
                 if "=" not in t:
                     assert t in targets, f"README.md line {line}: make {t}: no such target"
     assert seen >= 3
+
+
+# ----------------------------------------------------------------------------- minipeft finetune
+
+needs_gpt2s = pytest.mark.skipif(not os.path.isdir(os.path.join(REPO, "data", "checkpoints", "gpt2-s")),
+                                 reason="data/checkpoints/gpt2-s is not shipped")
+TINY_RUN = ["finetune", "--method", "lora", "--task", "e2e", "--model", "gpt2-s", "--steps", "2",
+            "--batch-size", "2", "--train-size", "8", "--eval-size", "2", "--eval-every", "2", "--quiet",
+            "--processes", "1"]
+
+
+def _main(argv, capsys):
+    from minipeft.cli import main
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err.strip()
+
+
+@needs_gpt2s
+def test_each_finetune_run_gets_its_own_folder_and_says_where(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for k, folder in enumerate(["e2e-lora", "e2e-lora-2"]):
+        code, out, err = _main(TINY_RUN, capsys)
+        assert code == 0, err
+        assert f"saved in {os.path.join('runs', folder)}:" in out, out
+        logged = (tmp_path / "runs" / folder / "log.jsonl").read_text().splitlines()
+        assert len([r for r in logged if '"eval"' in r]) == 1, "one run's log, not two appended"
+    # an explicit --out that holds a run is refused (nothing is replaced) unless --overwrite
+    before = (tmp_path / "runs" / "e2e-lora" / "adapter_model.safetensors").read_bytes()
+    code, out, err = _main(TINY_RUN + ["--out", "runs/e2e-lora", "--seed", "1"], capsys)
+    assert code == 2 and "holds an earlier run" in err and "--overwrite" in err and "\n" not in err, err
+    assert (tmp_path / "runs" / "e2e-lora" / "adapter_model.safetensors").read_bytes() == before
+    code, out, err = _main(TINY_RUN + ["--out", "runs/e2e-lora", "--seed", "1", "--overwrite"], capsys)
+    assert code == 0, err
+    logged = (tmp_path / "runs" / "e2e-lora" / "log.jsonl").read_text().splitlines()
+    assert len([r for r in logged if '"eval"' in r]) == 1, "--overwrite starts the log afresh"
+
+
+@needs_gpt2s
+@pytest.mark.parametrize("extra, words", [
+    (["--batch-size", "0"], ["--batch-size 0", ">= 1"]),
+    (["--steps", "0"], ["--steps 0", ">= 1"]),
+    (["--train-size", "0"], ["--train-size 0", ">= 1"]),
+    (["--eval-every", "0"], ["--eval-every 0"]),
+    (["--out", "FILE/run"], ["is a file", "FILE"]),
+    (["--out", "FILE"], ["is a file, not a folder"]),
+    (["--method", "prompt", "--length", "200"], ["--length 200", "128 context positions", "--length 65"]),
+])
+def test_bad_finetune_input_is_one_line_before_any_work(extra, words, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "FILE").write_text("a file\n")
+    import minipeft.tasks
+    monkeypatch.setattr(minipeft.tasks, "fit", lambda *a, **k: pytest.fail("training started"))
+    code, out, err = _main(TINY_RUN + extra, capsys)
+    assert code == 2 and err.startswith("minipeft: error:") and "\n" not in err, err
+    for w in words:
+        assert w in err, (w, err)
+    assert "before:" not in out, "reported only after the first evaluation"
+
+
+@needs_gpt2s
+def test_ctrl_c_in_finetune_is_one_line_naming_what_was_kept(tmp_path, monkeypatch, capsys):
+    import minipeft.tasks
+
+    def interrupted_fit(model, *a, on_best, **k):         # one evaluation, then Ctrl-C
+        on_best(2, {"bleu": 0.25})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(minipeft.tasks, "fit", interrupted_fit)
+    out_dir = str(tmp_path / "run")
+    code, out, err = _main(TINY_RUN + ["--out", out_dir], capsys)
+    assert code == 130
+    assert err == f"minipeft: interrupted: kept the best adapter so far (step 2, dev bleu 0.2500) in {out_dir}"
+    assert os.path.isfile(os.path.join(out_dir, "adapter_model.safetensors"))
+
+    monkeypatch.setattr(minipeft.tasks, "fit", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    code, out, err = _main(TINY_RUN + ["--out", str(tmp_path / "run2")], capsys)
+    assert code == 130 and "\n" not in err and "no adapter was kept" in err, err
+
+
+def test_ctrl_c_in_pretrain_is_one_line(tmp_path, monkeypatch, capsys):
+    import minipeft.pretrain
+    monkeypatch.setattr(minipeft.pretrain, "fit", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    code, out, err = _main(["pretrain", "--preset", "gpt2-s", "--steps", "5", "--quiet", "--out",
+                            str(tmp_path / "ckpt")], capsys)
+    assert code == 130 and "\n" not in err and "no checkpoint was written" in err, err
+    assert not (tmp_path / "ckpt" / "model.safetensors").exists()
+
+
+@needs_gpt2s
+def test_pretrain_does_not_replace_a_shipped_checkpoint_unasked(capsys):
+    code, out, err = _main(["pretrain", "--preset", "gpt2-s", "--steps", "1"], capsys)
+    assert code == 2 and "holds a checkpoint already" in err and "--overwrite" in err, err
+
+
+# ----------------------------------------------------------------------------- minipeft generate --adapter
+
+@needs_gpt2s
+def test_generate_with_a_finetuned_adapter_uses_its_tasks_prompt_format(tmp_path, monkeypatch, capsys):
+    out_dir = str(tmp_path / "run")
+    assert _main(TINY_RUN + ["--out", out_dir], capsys)[0] == 0
+    info = json.loads(open(os.path.join(out_dir, "task.json")).read())
+    assert info == {"task": "e2e", "prompt_format": "<bos> {source} <sep>", "model": "gpt2-s"}
+    import minipeft.generate
+    from minipeft.data.tokenizer import load_default
+    seen, real = [], minipeft.generate.generate
+    monkeypatch.setattr(minipeft.generate, "generate", lambda m, prompts, *a, **k: seen.append(prompts) or real(m, prompts, *a, **k))
+    source = "name : The Eagle | food : Chinese"
+    # no --model: the adapter's own base (gpt2-s; gpt2-m's shapes would not fit)
+    code, out, err = _main(["generate", "--adapter", out_dir, "--text", source, "--max-new-tokens", "8"], capsys)
+    assert code == 0, err
+    tok = load_default()
+    assert seen == [[[tok.bos_id] + tok.encode(source) + [tok.sep_id]]]     # as in training
+    assert out.startswith(source + "\n  -> ")
+
+
+@needs_gpt2s
+def test_a_broken_adapter_config_is_named(tmp_path, capsys):
+    (tmp_path / "adapter_config.json").write_text('{"peft_type": ')
+    code, out, err = _main(["generate", "--model", "gpt2-s", "--adapter", str(tmp_path), "--text", "x"], capsys)
+    assert code == 2 and str(tmp_path / "adapter_config.json") in err and "\n" not in err, err

@@ -47,9 +47,14 @@ def load(pm, directory: str, name: str = "default", is_trainable: bool = False) 
     cfg_path = os.path.join(directory, ADAPTER_CONFIG)
     if not os.path.exists(cfg_path):
         raise FileNotFoundError(f"no {ADAPTER_CONFIG} in {directory!r}; save with save_pretrained(dir) first")
-    with open(cfg_path, encoding="utf-8") as f:
-        meta = json.load(f)
-    config = config_from_json(meta)
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            meta = json.load(f)
+        config = config_from_json(meta)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:   # not JSON, or not an adapter's config
+        why = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise ValueError(f"{cfg_path} is not a readable adapter config ({type(e).__name__}: {why}); "
+                         "save the adapter again with save_pretrained(dir)") from None
     base, mine = meta.get("base_model_config", {}), pm.config.to_dict()
     diffs = [k for k in SHAPE_FIELDS if k in base and base[k] != mine.get(k)]
     if diffs:
