@@ -44,12 +44,15 @@ PER_SAMPLE = False         # the delta is shared by the batch
 class Scatter(Function):
     """Delta (shape S) from a segment of the values: Delta.flat[local] = values[start:stop], else 0.
 
-    values (k,) -> Delta S;  local (stop - start,) int positions in [0, |S|), distinct.
+    values (k,) -> Delta S;  local (stop - start,) int positions in [0, |S|), distinct; local None:
+    a dense segment, Delta.flat = values[start:stop].
     """
 
     @staticmethod
     def forward(ctx, values, local=None, start=0, stop=0, shape=()):
         ctx.save_for_backward(local, start, stop, values.shape[0])
+        if local is None:
+            return values[start:stop].reshape(shape).copy()
         out = backend.xp.zeros(int(backend.host().prod(shape)), dtype=values.dtype)
         out[local] = values[start:stop]
         return out.reshape(shape)
@@ -59,7 +62,7 @@ class Scatter(Function):
         local, start, stop, k = ctx.saved
         # dDelta.flat[local[i]] / dvalues[start + i] = 1: the gradient is gathered back
         gv = backend.xp.zeros(k, dtype=g.dtype)
-        gv[start:stop] = g.reshape(-1)[local]
+        gv[start:stop] = g.reshape(-1) if local is None else g.reshape(-1)[local]
         return gv
 
 
@@ -103,7 +106,8 @@ def sparse_formula(model_cfg, density: float, modules_to_save=()) -> dict:
 # ----------------------------------------------------------------------------- the representation
 
 class SparseDelta(Module):
-    """delta over the N maskable entries: `values` (k,) trained, `indices` (k,) int32 sorted."""
+    """delta over the N maskable entries: `values` (k,) trained, `indices` (k,) int32 sorted.
+    indices=None: a dense delta (k = N, no indices stored; ChildTuning-F)."""
 
     def __init__(self, params: list, indices):
         self.paths = [path for path, _ in params]
@@ -112,8 +116,10 @@ class SparseDelta(Module):
         self.offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]       # tensor t: offsets[t] .. offsets[t+1]
         if self.offsets[-1] >= 2 ** 31:
             raise ValueError(f"{self.offsets[-1]:,} maskable entries do not fit int32 indices")
-        self.indices = Tensor(backend.to_device(indices, dtype=backend.host().int32))
-        self.values = Parameter(backend.xp.zeros(len(indices), dtype=backend.default_dtype()))
+        self.dense = indices is None
+        self.indices = None if self.dense else Tensor(backend.to_device(indices, dtype=backend.host().int32))
+        k = self.N if self.dense else len(indices)
+        self.values = Parameter(backend.xp.zeros(k, dtype=backend.default_dtype()))
         self.merged = False
 
     @property
@@ -122,6 +128,8 @@ class SparseDelta(Module):
 
     def set_indices(self, indices, values=None) -> None:
         """A new index set (host or device ints, sorted, distinct, k of them) and its values (0)."""
+        if self.dense:
+            raise ValueError("a dense delta has no index set")
         idx = backend.to_numpy(indices).astype("int32")
         hostnp = backend.host()
         if len(idx) != self.values.size or (len(idx) > 1 and not (hostnp.diff(idx) > 0).all()) \
@@ -134,6 +142,10 @@ class SparseDelta(Module):
 
     def segments(self):
         """(path, shape, start, stop, local indices) of each tensor with entries in the mask."""
+        if self.dense:
+            for t, path in enumerate(self.paths):
+                yield path, self.shapes[t], self.offsets[t], self.offsets[t + 1], None
+            return
         idx = self.indices.data
         cuts = backend.to_numpy(backend.xp.searchsorted(idx, backend.to_device(self.offsets)))
         for t, path in enumerate(self.paths):
@@ -154,7 +166,10 @@ class SparseDelta(Module):
         for path, shape, a, b, local in self.segments():
             w = params[path]
             flat = w.data.reshape(-1).copy()
-            flat[local] += sign * self.values.data[a:b]
+            if local is None:
+                flat += sign * self.values.data[a:b]
+            else:
+                flat[local] += sign * self.values.data[a:b]
             w.data = flat.reshape(shape)
 
 
@@ -220,7 +235,8 @@ def _heads(pm, name):
 
 
 def buffers(pm, name: str) -> dict:
-    return {"base_model.model.sparse_delta.indices": delta_of(pm, name).indices}
+    d = delta_of(pm, name)
+    return {} if d.dense else {"base_model.model.sparse_delta.indices": d.indices}
 
 
 def merge(pm, name: str) -> None:
