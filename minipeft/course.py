@@ -100,6 +100,21 @@ ASSIGNMENTS = {a.name: a for a in [
             Task("lora_merge", 4, "delta_weight, merge and unmerge: W0 <- W0 +/- (alpha/r) B A",
                  ["tests/peft/test_lora.py", "-k", "merge"]),
         ]),
+    Assignment(
+        "adapters", "Bottleneck adapters, BitFit and the parameter-count formulas",
+        read=["minipeft/peft/adapter.py", "minipeft/peft/bitfit.py", "minipeft/peft/count.py",
+              "lectures/01_parameter_counts.ipynb", "lectures/05_adapters_bitfit.ipynb"],
+        tasks=[
+            Task("adapter_forward", 4, "the bottleneck f(h) = act(h W_down + b_down) W_up + b_up, the sequential "
+                 "adapter h + f(h) and the parallel one sublayer(x) + s f(x)",
+                 ["tests/peft/test_adapter.py", "-k", "gradcheck or sequential_layer or parallel_layer or "
+                  "init_scale_zero or near_identity"]),
+            Task("bitfit_select", 2, "BitFit's trained set: every bias (and the LayerNorm gains when asked)",
+                 ["tests/peft/test_bitfit_full.py", "-k", "bitfit"]),
+            Task("count_formulas", 3, "the closed forms: LoRA r (d_in + d_out) per matrix, an adapter 2 m d + d + m",
+                 ["tests/peft/test_count.py", "-k", "counted_trainable_equals_formula and (lora or adapter) "
+                  "or published_counts"]),
+        ]),
 ]}
 
 

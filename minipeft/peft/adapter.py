@@ -80,7 +80,9 @@ class Bottleneck(Module):
         self.activation = activation
 
     def forward(self, h):
+        # BEGIN SOLUTION adapter_forward
         return self.up(ACTIVATIONS[self.activation](self.down(h)))
+        # END SOLUTION
 
 
 class SequentialAdapter(AdapterLayer):
@@ -92,8 +94,10 @@ class SequentialAdapter(AdapterLayer):
 
     def forward(self, x):
         h = self.base_layer(x)                                                    # (B, T, d)
+        # BEGIN SOLUTION adapter_forward
         d = routed_sum(h, self.route, self.adapters, lambda n, hs: self.adapters[n](hs))
         return h if d is None else h + d                                          # h + f(h)
+        # END SOLUTION
 
 
 class ParallelAdapter(AdapterLayer):
@@ -106,8 +110,10 @@ class ParallelAdapter(AdapterLayer):
 
     def forward(self, x, *args):
         y = self.base_layer(x, *args)                                             # sublayer(x)
+        # BEGIN SOLUTION adapter_forward
         d = routed_sum(x, self.route, self.adapters, lambda n, xs: self.adapters[n](xs) * self.scaling[n])
         return y if d is None else y + d                                          # + s f(x)
+        # END SOLUTION
 
 
 def _sites(pm, cfg: AdapterConfig):
@@ -148,7 +154,9 @@ def remove(pm, name: str) -> None:
 def formula(model_cfg, cfg: AdapterConfig) -> dict:
     """(2 m d + d + m) per adapter; houlsby: 2 per block, pfeiffer and parallel: 1 per block."""
     d, m = model_cfg.d_model, cfg.size
+    # BEGIN SOLUTION count_formulas
     per_block = 2 if cfg.placement == "houlsby" else 1
     n = n_blocks(model_cfg, cfg.layers) * per_block
     total = n * (2 * m * d + d + m) + task_heads(model_cfg, cfg.modules_to_save)
+    # END SOLUTION
     return {"trainable": total, "kept": total}

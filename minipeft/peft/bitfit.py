@@ -56,8 +56,10 @@ def _trained(pm, cfg: BitFitConfig):
         if any(path == m or path.startswith(m + ".") for m in cfg.modules_to_save):
             continue                            # a task head trained as a copy (modules_to_save)
         leaf = path.rsplit(".", 1)[-1]
+        # BEGIN SOLUTION bitfit_select
         if leaf in ("bias", "mlm_bias") or (cfg.with_layernorm and _is_layernorm_gain(pm, path)):
             yield path, p
+        # END SOLUTION
 
 
 def add(pm, name: str, cfg: BitFitConfig) -> None:

@@ -140,8 +140,10 @@ def add(pm, name: str, cfg: LoraConfig) -> None:
 def formula(model_cfg, cfg: LoraConfig) -> dict:
     """r (d_in + d_out) per adapted matrix; q/k/v/o are d x d, fc is d -> d_ff, proj d_ff -> d."""
     d, f = model_cfg.d_model, model_cfg.d_ff
+    # BEGIN SOLUTION count_formulas
     per_layer = sum(cfg.r * ((d + f) if t in ("fc", "proj") else 2 * d) for t in cfg.target_modules)
     total = n_blocks(model_cfg, cfg.layers) * per_layer + task_heads(model_cfg, cfg.modules_to_save)
+    # END SOLUTION
     return {"trainable": total, "kept": total}
 
 
