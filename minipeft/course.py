@@ -115,6 +115,20 @@ ASSIGNMENTS = {a.name: a for a in [
                  ["tests/peft/test_count.py", "-k", "counted_trainable_equals_formula and (lora or adapter) "
                   "or published_counts"]),
         ]),
+    Assignment(
+        "pasta", "PASTA: special-token adaptation, a vector per block and special token",
+        read=["minipeft/peft/pasta.py (the docstring: the equation, the ablations, the count L S d)",
+              "minipeft/nn/transformer.py (Transformer.encode: block_inputs)", "tests/peft/test_pasta.py"],
+        tasks=[
+            Task("pasta_index", 3, "vector_index: which of the S vectors each position adds ([CLS] 0, [SEP] 1, "
+                 "one shared vector: 0), S (the zero row) elsewhere and outside the routed rows",
+                 ["tests/peft/test_pasta.py", "-k", "land_on or without_sep or kv_cache"]),
+            Task("pasta_vectors", 3, "encode_inputs: the (B, T, d) block input m_{s(i)} at the special tokens "
+                 "and 0 elsewhere, a gather from the vectors plus one zero row",
+                 ["tests/peft/test_pasta.py", "-k", "gradcheck or init_std_zero or land_on"]),
+            Task("pasta_count", 1, "formula: L S d (plus the task head)",
+                 ["tests/peft/test_pasta.py", "-k", "count_is"]),
+        ]),
 ]}
 
 

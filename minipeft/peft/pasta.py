@@ -113,8 +113,10 @@ def add(pm, name: str, cfg: PastaConfig) -> None:
 
 def formula(model_cfg, cfg: PastaConfig) -> dict:
     """L S d (+ the task head): the vectors are all that is kept, too."""
+    # BEGIN SOLUTION pasta_count
     total = n_blocks(model_cfg, cfg.layers) * cfg.n_vectors * model_cfg.d_model \
         + task_heads(model_cfg, cfg.modules_to_save)
+    # END SOLUTION
     return {"trainable": total, "kept": total}
 
 
@@ -125,8 +127,10 @@ def vector_index(cfg: PastaConfig, ids, rows=None):
     ids = hostnp.asarray(ids)
     S = cfg.n_vectors
     index = hostnp.full(ids.shape, S, dtype=hostnp.int64)
+    # BEGIN SOLUTION pasta_index
     for s, token in enumerate(cfg.tokens):
         index[ids == token] = 0 if cfg.shared else s
+    # END SOLUTION
     if rows is not None:
         keep = hostnp.zeros(len(ids), dtype=bool)
         keep[rows] = True
@@ -152,8 +156,10 @@ def encode_inputs(pm, route, batch_size: int, ids=None, cache=None) -> dict:
         index = backend.to_device(index)
         for j, l in enumerate(block_indices(pm.config, cfg.layers, "PastaConfig")):
             m = pm.inputs[n].special_token_embedding[j].weight               # (S, d)
+            # BEGIN SOLUTION pasta_vectors
             zero = Tensor(backend.xp.zeros((1, m.shape[1]), dtype=m.dtype))
             a = ops.embedding(index, ops.concat([m, zero], axis=0))           # (B, T, d): m_s(i) or 0
+            # END SOLUTION
             a = ops.dropout(a, cfg.dropout, pm.training)
             out[l] = a if out[l] is None else out[l] + a
     return {"block_inputs": out} if any(a is not None for a in out) else {}
