@@ -20,10 +20,12 @@ Modes. `MINIPEFT_FAST=1` in the kernel's environment asks a notebook for its fas
 same cells on smaller settings, minutes on two CPU cores, run by the tests. Without it (full
 mode) a notebook runs the settings whose outputs are committed and refreshes lectures/figures.
 
-Figures and tables go to `figures_dir()`: $MINIPEFT_FIGURES when set (the tests point it at a
-temporary folder, so a fast run never overwrites the committed full-run figures), else the
-`lectures/figures` folder of this checkout. The runner below does the same for `--fast` and
-`--no-save`: only a saved full run refreshes lectures/figures.
+Figures and tables go to `figures_dir()`: $MINIPEFT_FIGURES when set, else a scratch folder,
+`runs/lab-figures` of this checkout (git ignores runs/). So a notebook opened in Jupyter and run
+by hand never overwrites the committed figures in lectures/figures: only `make lectures` (the
+runner below, a saved full run) points MINIPEFT_FIGURES at lectures/figures. The tests, `--fast`
+and `--no-save` point it at a temporary folder. To refresh the committed figures by hand, start
+Jupyter with MINIPEFT_FIGURES=lectures/figures.
 
 The kernel. `execute_notebook` installs an ipykernel kernel spec for `sys.executable` into a
 temporary prefix and starts the kernel through a KernelSpecManager that looks only there, so
@@ -47,6 +49,8 @@ FAST_ENV = "MINIPEFT_FAST"
 FIGURES_ENV = "MINIPEFT_FIGURES"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LECTURES = os.path.join(REPO, "lectures")
+COMMITTED_FIGURES = os.path.join(LECTURES, "figures")      # written only when asked (make lectures)
+SCRATCH_FIGURES = os.path.join(REPO, "runs", "lab-figures")  # an interactive run's figures
 
 
 # ----------------------------------------------------------------------------- inside a notebook
@@ -57,8 +61,9 @@ def fast_mode() -> bool:
 
 
 def figures_dir() -> str:
-    """Where figures and result tables go ($MINIPEFT_FIGURES, else lectures/figures); created."""
-    d = os.environ.get(FIGURES_ENV) or os.path.join(LECTURES, "figures")
+    """Where figures and result tables go ($MINIPEFT_FIGURES, else the scratch folder
+    runs/lab-figures, never lectures/figures unless asked); created."""
+    d = os.environ.get(FIGURES_ENV) or SCRATCH_FIGURES
     os.makedirs(d, exist_ok=True)
     return d
 
@@ -171,7 +176,7 @@ def execute_notebook(path: str, fast: bool, timeout: float | None = None, save: 
     fast: set MINIPEFT_FAST=1 in the kernel's environment. timeout: seconds for the whole
     notebook (each cell gets what is left), None for no limit. save: write the executed notebook
     back to `path` (outputs included). figures: MINIPEFT_FIGURES for the kernel (None: the
-    notebook's default, lectures/figures). env: more environment variables for the kernel.
+    notebook's default, the scratch folder runs/lab-figures). env: more environment variables for the kernel.
     Raises nbclient's CellExecutionError (with the cell's traceback) when a cell fails."""
     import nbformat
     from nbclient import NotebookClient
@@ -225,9 +230,21 @@ def main(argv=None) -> int:
         # tables to a temporary folder ($MINIPEFT_FIGURES if set), so it never overwrites the committed
         # full-run figures that the committed notebook's outputs describe.
         with tempfile.TemporaryDirectory(prefix="minipeft-figures-") as tmp:
-            figures = None if (not a.fast and not a.no_save) or os.environ.get(FIGURES_ENV) else tmp
-            nb, seconds = execute_notebook(path, fast=a.fast, timeout=a.timeout, save=not a.no_save,
-                                           figures=figures)
+            if os.environ.get(FIGURES_ENV):
+                figures = None                                    # the caller's choice, kept
+            else:
+                figures = COMMITTED_FIGURES if not a.fast and not a.no_save else tmp
+            try:
+                nb, seconds = execute_notebook(path, fast=a.fast, timeout=a.timeout, save=not a.no_save,
+                                               figures=figures)
+            except KeyboardInterrupt:
+                done = a.notebooks[:a.notebooks.index(path)]
+                print(f"\ninterrupted while running {path}: it was not saved (a notebook is written only when it "
+                      f"has run to the end); {len(done)} finished before it"
+                      f"{' and were saved' if done and not a.no_save else ''}"
+                      f"{'; the figures it wrote are in lectures/figures (git diff shows them)' if figures == COMMITTED_FIGURES else ''}",
+                      file=sys.stderr)
+                return 130
         leaks = machine_paths(nb)
         print(f"{path}: {'fast' if a.fast else 'full'} mode, {seconds:.1f} s"
               f"{'' if a.no_save else ', saved with outputs'}")

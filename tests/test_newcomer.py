@@ -216,3 +216,50 @@ def test_a_broken_adapter_config_is_named(tmp_path, capsys):
     (tmp_path / "adapter_config.json").write_text('{"peft_type": ')
     code, out, err = _main(["generate", "--model", "gpt2-s", "--adapter", str(tmp_path), "--text", "x"], capsys)
     assert code == 2 and str(tmp_path / "adapter_config.json") in err and "\n" not in err, err
+
+
+# ----------------------------------------------------------------------------- notebooks
+
+def test_an_interactive_notebook_run_writes_figures_to_a_scratch_folder(monkeypatch):
+    from minipeft import lecture
+    monkeypatch.delenv(lecture.FIGURES_ENV, raising=False)
+    assert os.path.realpath(lecture.figures_dir()) == os.path.realpath(os.path.join(REPO, "runs", "lab-figures"))
+    monkeypatch.setenv(lecture.FIGURES_ENV, os.path.join(REPO, "lectures", "figures"))
+    assert lecture.figures_dir() == os.path.join(REPO, "lectures", "figures")        # when asked
+
+
+def test_only_make_lectures_writes_the_committed_figures_and_ctrl_c_is_one_line(monkeypatch, capsys):
+    from minipeft import lecture
+    monkeypatch.delenv(lecture.FIGURES_ENV, raising=False)
+    asked = []
+
+    def fake(path, fast, timeout=None, save=False, figures=None, env=None):
+        asked.append((fast, save, figures))
+        if len(asked) == 3:
+            raise KeyboardInterrupt
+        import nbformat
+        return nbformat.v4.new_notebook(), 0.1
+
+    monkeypatch.setattr(lecture, "execute_notebook", fake)
+    assert lecture.main(["a.ipynb"]) == 0                      # make lectures: full mode, saved
+    assert lecture.main(["--fast", "a.ipynb"]) == 0
+    assert asked[0] == (False, True, lecture.COMMITTED_FIGURES)
+    assert asked[1][2] != lecture.COMMITTED_FIGURES and asked[1][2] is not None
+    capsys.readouterr()
+    assert lecture.main(["a.ipynb", "b.ipynb"]) == 130          # Ctrl-C in the first notebook
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("interrupted while running a.ipynb"), err
+
+
+def test_every_notebook_says_at_its_top_how_long_it_runs():
+    import glob
+    import nbformat
+    for path in sorted(glob.glob(os.path.join(REPO, "lectures", "*.ipynb"))):
+        top = nbformat.read(path, as_version=4).cells[0]
+        assert top.cell_type == "markdown" and re.search(r"\*\*How long it runs\*\*", top.source), path
+
+
+def test_make_lab_and_test_task_exist():
+    text = open(os.path.join(REPO, "Makefile"), encoding="utf-8").read()
+    assert re.search(r"^lab:", text, re.M) and "jupyter lab lectures/" in text
+    assert re.search(r"^test-task:", text, re.M) and '-m "$(TASK)"' in text
