@@ -39,6 +39,7 @@ PEFT_MARKERS = {
     "task_adapter": "bottleneck adapters: Houlsby, Pfeiffer, parallel (ffn/attn), near-identity start",
     "task_bitfit": "BitFit (biases, LayerNorm gains) and full fine-tuning (top-k layers, lr decay)",
     "task_count": "parameter counts: formula vs counted, print_trainable_parameters, minipeft count",
+    "task_sparse": "W = W0 + Delta methods: sparse deltas, diff pruning, LT-SFT, FISH, Child-Tuning",
     "task_ia3": "IA3: exact start, scaled layers, gradient checks, no weight-gradient matmul, merge/unmerge",
     "task_prefix": "prefix tuning: gradients, the MLP reparametrisation, infix rows, layer subsets, cache",
     "task_prompt": "prompt tuning: gradients, the three inits, routing, several prompts, cached decoding",
