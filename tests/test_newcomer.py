@@ -263,3 +263,16 @@ def test_make_lab_and_test_task_exist():
     text = open(os.path.join(REPO, "Makefile"), encoding="utf-8").read()
     assert re.search(r"^lab:", text, re.M) and "jupyter lab lectures/" in text
     assert re.search(r"^test-task:", text, re.M) and '-m "$(TASK)"' in text
+
+
+def test_the_demo_says_what_the_student_is_looking_at_and_what_to_try(monkeypatch, capsys):
+    import minipeft.tasks
+    from minipeft import demo
+    src = "name : The Eagle | food : Chinese"
+    fake = minipeft.tasks.FinetuneResult("e2e", "lora", {"bleu": 1.0, "rouge_l": 0.1}, {"bleu": 20.0, "rouge_l": 0.4},
+                                         16_384, 1_088_256, 1.0, 2, [(src, "before", "after")])
+    monkeypatch.setattr(minipeft.tasks, "finetune", lambda *a, **k: fake)
+    demo.main(["--out", "runs/x"])
+    out = capsys.readouterr().out
+    assert "What you are looking at:" in out and "another venue" in out and "Try next:" in out
+    assert f'minipeft generate --adapter runs/x --text "{src}"' in out
