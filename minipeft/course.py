@@ -14,7 +14,8 @@ of that assignment's tasks by a stub,
         raise NotImplementedError("task relu_forward: ...")
 
 writes DIR/ASSIGNMENT.md (what to read, what to write, how it is graded) and DIR/.assignment.json
-(what `minipeft grade` reads). Regions of other assignments keep their solutions. Tests listed as
+(what `minipeft grade` reads). Regions of other assignments keep their code (only their marker
+lines go). Tests listed as
 hidden stay out of the student copy; `minipeft grade --hidden-from REFERENCE` puts them back at
 grading time.
 
@@ -239,21 +240,22 @@ def build(name: str, out: str, root: str = ROOT, force: bool = False) -> dict:
             dst = os.path.join(tmp, rel)
             os.makedirs(os.path.dirname(dst), exist_ok=True)
             shutil.copy2(os.path.join(root, rel), dst)
-        by_file = {}
-        for r in regions:
-            if r.task in tasks:
-                by_file.setdefault(r.path, []).append(r)
+        by_file = {}                      # every region: this assignment's become stubs, the others
+        for r in regions:                 # keep their code and lose only their two marker lines
+            by_file.setdefault(r.path, []).append(r)
         places = {t: [] for t in tasks}                            # task -> "file:line" in the student copy
         for rel, rs in sorted(by_file.items()):
             with open(os.path.join(root, rel), encoding="utf-8") as f:
                 lines = f.read().split("\n")
             shift = 0
             for r in sorted(rs, key=lambda r: r.start):
-                new = stub(r, tasks[r.task])
                 at = r.start + shift
-                lines[at:at + r.end - r.start + 1] = new
-                shift += len(new) - (r.end - r.start + 1)
-                places[r.task].append(f"{rel}:{at + 1}")
+                old = lines[at:at + r.end - r.start + 1]
+                new = stub(r, tasks[r.task]) if r.task in tasks else old[1:-1]
+                lines[at:at + len(old)] = new
+                shift += len(new) - len(old)
+                if r.task in tasks:
+                    places[r.task].append(f"{rel}:{at + 1}")
             with open(os.path.join(tmp, rel), "w", encoding="utf-8") as f:
                 f.write("\n".join(lines))
         record = {"assignment": a.name, "tasks": [asdict(t) for t in a.tasks], "hidden": a.hidden,
