@@ -19,6 +19,10 @@ lines go). Tests listed as
 hidden stay out of the student copy; `minipeft grade --hidden-from REFERENCE` puts them back at
 grading time.
 
+Lecture notebooks carry checkable exercises the same way: a code cell tagged "solution" holds the
+answer, a cell tagged "check" asserts it; `minipeft assignment notebook LECTURE.ipynb --out DIR`
+writes the student version (answers stubbed, their outputs cleared).
+
 `minipeft grade [DIR]` runs each task's tests (pytest, in DIR, importing DIR's minipeft) and prints
 a table: task, points, passed/failed, the first failing assertion. `--json FILE` writes the
 results in the format Gradescope's autograder reads (score, and one entry per task).
@@ -295,6 +299,46 @@ def _quote(arg: str) -> str:
     return f'"{arg}"' if " " in arg else arg
 
 
+# ============================================================================= notebooks
+
+NOTEBOOK_STUB = ("# your answer: define the names that the check cell below uses\n"
+                 "raise NotImplementedError({msg!r})")
+
+
+def student_notebook(src: str, dst: str, force: bool = False) -> int:
+    """Write the student version of a lecture notebook: every code cell tagged "solution" keeps
+    its first comment line (the exercise) and gets a NotImplementedError stub; the outputs of the
+    solution cells and of the "check" cells (which assert the answer) are cleared, so no answer is
+    left in it. Returns how many answers were removed. (A notebook is JSON: no Jupyter needed.)"""
+    with open(src, encoding="utf-8") as f:
+        nb = json.load(f)
+    n = 0
+    for cell in nb.get("cells", []):
+        tags = cell.get("metadata", {}).get("tags", [])
+        if cell.get("cell_type") != "code" or not ({"solution", "check"} & set(tags)):
+            continue
+        if "solution" in tags:
+            text = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+            first = text.split("\n", 1)[0]
+            what = first.lstrip("# ").strip() if first.startswith("#") else "this exercise"
+            cell["source"] = (first + "\n" if first.startswith("#") else "") + NOTEBOOK_STUB.format(
+                msg=f"{what}: write the answer, then run the check cell below")
+            n += 1
+        cell["outputs"], cell["execution_count"] = [], None
+    if n == 0:
+        raise ValueError(f"{src} has no cell tagged 'solution': nothing to turn into an exercise")
+    if os.path.isdir(dst):
+        dst = os.path.join(dst, os.path.basename(src))
+    if os.path.exists(dst) and not force:
+        raise FileExistsError(f"{dst} exists; pass --force to replace it")
+    tmp = dst + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(nb, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    os.replace(tmp, dst)
+    return n
+
+
 # ============================================================================= grading
 
 def grade(directory: str = ".", name: str | None = None, only: str | None = None,
@@ -378,6 +422,12 @@ def gradescope(result: dict) -> dict:
 # ============================================================================= the command line
 
 def cli_assignment(a) -> None:
+    if a.action == "notebook":
+        if not a.name or not a.out:
+            raise ValueError("usage: minipeft assignment notebook LECTURE.ipynb --out DIR")
+        n = student_notebook(a.name, a.out, force=a.force)
+        print(f"wrote the student version of {a.name} to {a.out}: {n} answers replaced by stubs")
+        return
     if a.action == "list":
         for x in ASSIGNMENTS.values():
             pts = sum(t.points for t in x.tasks)

@@ -159,3 +159,45 @@ def test_every_registered_task_marker_selects_tests():
     tasks = [m for m in registered if m.startswith("task_")]
     assert len(tasks) >= 10, registered
     assert [m for m in tasks if m not in marks] == []
+
+
+LECTURE = os.path.join(ROOT, "lectures", "01_parameter_counts.ipynb")
+
+
+def tagged(nb, tag):
+    return [c for c in nb["cells"] if tag in c.get("metadata", {}).get("tags", [])]
+
+
+def source(cell):
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+def test_notebook_answers_pass_their_checks_and_the_student_version_holds_none(tmp_path):
+    ref = json.load(open(LECTURE, encoding="utf-8"))
+    answers, checks = tagged(ref, "solution"), tagged(ref, "check")
+    assert len(answers) >= 3 and len(checks) == len(answers)
+    ns = {}
+    exec("from minipeft import peft\nfrom minipeft.cli import count_params\n"
+         "from minipeft.peft.count import ARCHS", ns)
+    for a, c in zip(answers, checks):                         # the reference answers pass their checks
+        exec(source(a), ns)
+        exec(source(c), ns)
+    assert main(["assignment", "notebook", LECTURE, "--out", str(tmp_path)]) == 0
+    student = json.load(open(tmp_path / os.path.basename(LECTURE), encoding="utf-8"))
+    assert len(student["cells"]) == len(ref["cells"])
+    text = json.dumps(student)
+    elsewhere = "\n".join(source(c) for c in ref["cells"] if c not in answers)
+    for a in answers:
+        body = [line.strip() for line in source(a).split("\n")[1:]
+                if len(line.strip()) > 12 and line.strip() not in elsewhere]
+        assert body and not [line for line in body if line in text], body
+        assert a["outputs"] and a["outputs"][0]["data"]["text/plain"][0] not in text     # the shown answer
+    for cell in tagged(student, "solution") + tagged(student, "check"):
+        assert cell["outputs"] == [] and cell["execution_count"] is None
+    stub = source(tagged(student, "solution")[0])
+    with pytest.raises(NotImplementedError, match="Exercise 1"):
+        exec(stub, dict(ns))
+    kept = [c for c in student["cells"] if c.get("outputs")]
+    assert kept, "the lecture's other outputs (figures, tables) stay"
+    with pytest.raises(FileExistsError, match="--force"):
+        course.student_notebook(LECTURE, str(tmp_path))
