@@ -480,8 +480,11 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
         if kept:
             raise FinetuneInterrupted(f"interrupted: kept the best adapter so far (step {kept['step']}, dev "
                                       f"{select} {kept['score']:.4f}) in {out_dir}") from None
-        raise FinetuneInterrupted(f"interrupted before the first evaluation (every {eval_every} steps): no "
-                                  f"adapter was kept; the log so far is in {os.path.join(out_dir, 'log.jsonl')}") from None
+        when = f"before the first evaluation (every {eval_every} steps)" if eval_every else "(no evaluation asked)"
+        raise FinetuneInterrupted(f"interrupted {when}: no adapter was kept; the log so far is in "
+                                  f"{os.path.join(out_dir, 'log.jsonl')}") from None
+    if hist.best is None:                                  # eval_every=0: the last step is the adapter
+        pm.save_pretrained(out_dir)
     # counted while training: the best adapter reloaded below comes back frozen (is_trainable=False)
     s = pm.trainable_summary() if pm.peft_config else {"trainable": 0, "total": pm.num_parameters()}
     # reload the best adapter (the last step is not necessarily the best)
@@ -588,13 +591,15 @@ def task_prompts(tok, task: str, texts: list, room: int) -> list:
 def _check_run_options(steps, batch_size, train_size, eval_size, eval_every, patience) -> None:
     """One clear error for each option out of range, before any work starts."""
     for name, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1), ("eval_size", eval_size, 1),
-                             ("eval_every", eval_every, 1), ("train_size", train_size, 1), ("patience", patience, 1)):
+                             ("eval_every", eval_every, 0), ("train_size", train_size, 1), ("patience", patience, 1)):
         if value is None and name in ("train_size", "patience"):
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             flag = "--" + name.replace("_", "-")
             raise ValueError(f"{flag} {value!r}: expected a whole number >= {low}"
-                             + (" (all examples: leave it out)" if name == "train_size" else ""))
+                             + (" (all examples: leave it out)" if name == "train_size" else "")
+                             + (" (0: no evaluation while training, the last step is kept)"
+                                if name == "eval_every" else ""))
 
 
 def _check_context_room(task: str, n_ctx: int, prompt_len: int) -> None:

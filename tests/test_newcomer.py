@@ -138,7 +138,7 @@ def test_each_finetune_run_gets_its_own_folder_and_says_where(tmp_path, monkeypa
     (["--batch-size", "0"], ["--batch-size 0", ">= 1"]),
     (["--steps", "0"], ["--steps 0", ">= 1"]),
     (["--train-size", "0"], ["--train-size 0", ">= 1"]),
-    (["--eval-every", "0"], ["--eval-every 0"]),
+    (["--eval-every", "-1"], ["--eval-every -1", ">= 0"]),
     (["--out", "FILE/run"], ["is a file", "FILE"]),
     (["--out", "FILE"], ["is a file, not a folder"]),
     (["--method", "prompt", "--length", "200"], ["--length 200", "128 context positions", "--length 65"]),
@@ -276,3 +276,12 @@ def test_the_demo_says_what_the_student_is_looking_at_and_what_to_try(monkeypatc
     out = capsys.readouterr().out
     assert "What you are looking at:" in out and "another venue" in out and "Try next:" in out
     assert f'minipeft generate --adapter runs/x --text "{src}"' in out
+
+
+@needs_gpt2s
+def test_eval_every_0_keeps_the_last_step(tmp_path, capsys):
+    out_dir = str(tmp_path / "run")
+    argv = [a if a != "2" or i != TINY_RUN.index("--eval-every") + 1 else "0" for i, a in enumerate(TINY_RUN)]
+    code, out, err = _main(argv + ["--out", out_dir], capsys)
+    assert code == 0, err
+    assert "the adapter (the last step;" in out and os.path.isfile(os.path.join(out_dir, "adapter_model.safetensors"))
