@@ -5,6 +5,8 @@
     minipeft generate --model gpt2-m --text "The Eagle is a"
     minipeft eval --model gpt2-m
     minipeft finetune --method lora --task e2e --model gpt2-m --steps 300 --out runs/e2e-lora
+    minipeft assignment build lora --out /tmp/hw      # a student copy; then: cd /tmp/hw && make test
+    minipeft grade /tmp/hw                            # the score table (--json FILE: Gradescope's format)
 
 Bad arguments and missing files give one line on stderr (`minipeft: error: ...`) and exit
 status 2, not a traceback; Ctrl-C gives one line saying what was kept and exit status 130.
@@ -224,6 +226,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "with NumPy, else 1); 1 = one process using threads op by op")
     common(f)
     f.set_defaults(fn=_cmd_finetune)
+
+    from . import course                       # the course kit: assignments and the autograder
+    s = sub.add_parser("assignment", help="course assignments built from the reference code")
+    s.add_argument("action", choices=("list", "build", "notebook"))
+    s.add_argument("name", nargs="?", help="build: the assignment (see `minipeft assignment list`); "
+                                           "notebook: a lecture notebook")
+    s.add_argument("--out", help="the folder of the student copy (build: must not exist or be empty)")
+    s.add_argument("--force", action="store_true", help="build: replace a non-empty --out")
+    s.set_defaults(fn=course.cli_assignment)
+    r = sub.add_parser("grade", help="run an assignment's tests and print the score table")
+    r.add_argument("directory", nargs="?", default=".", help="a built assignment (default: here)")
+    r.add_argument("--assignment", default=None, help="which one, where DIR has no .assignment.json")
+    r.add_argument("--task", default=None, help="grade this task only")
+    r.add_argument("--hidden-from", default=None, metavar="REPO", help="copy the hidden tests from here first")
+    r.add_argument("--json", default=None, metavar="FILE", help="also write Gradescope's results.json here")
+    r.set_defaults(fn=course.cli_grade)
     return p
 
 
