@@ -466,6 +466,10 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
         pm.save_pretrained(out_dir)
         kept.update(step=step, score=metrics.get(select))
 
+    if hasattr(method, "prepare"):   # a start that needs the data: FISH's Fisher mask, LT-SFT's full phase
+        if verbose:
+            print(f"{peft_config.method}: choosing what trains from the training data (prepare)")
+        method.prepare(pm, "default", loss_fn, batches)
     params = None
     if getattr(peft_config, "layer_lr_decay", None):      # full fine-tuning with eta^{l-1} = xi * eta^l
         from .peft.full import param_groups

@@ -17,8 +17,8 @@ log_alpha, shape (1,)), delta_tau = z_tau * (z (.) w), and the penalty counts an
 nonzero only when both gates are open: sum_tau sum_i sigmoid(a_i - c) sigmoid(a_tau - c).
 
 Training in two phases, as in the paper: (1) train w and log_alpha with the penalty
-(`train.fit` adds `aux_loss`; `before_step` redraws u for the next step, u = 1/2 - the
-deterministic gate - before the first step and in eval mode); (2) `project(pm, name)` keeps the
+(`train.fit` adds `aux_loss`; every forward in training draws u afresh, and eval mode uses
+u = 1/2, the deterministic gate); (2) `project(pm, name)` keeps the
 k = round(density * N) entries of largest |delta| (exactly k: the paper's magnitude projection
 to the target sparsity), stores them as a sparse delta (indices + values, sparse.py) and
 switches the config to fixed=True; then fine-tune again (a new fit: a new optimizer) with the
@@ -71,10 +71,17 @@ class Gate(Module):
         self.w = Parameter(backend.xp.zeros(shape, dtype=dt))
         self.log_alpha = Parameter(backend.xp.full(shape, alpha_init, dtype=dt))
         self.group_log_alpha = Parameter(backend.xp.full((1,), alpha_init, dtype=dt)) if structured else None
-        self.u, self.group_u = 0.5, 0.5               # the gates' noise: redrawn by before_step in training
+        # the gates' noise u ~ U(eps, 1 - eps), drawn anew by every forward in training from the seeded
+        # stream (as dropout draws its masks, so data-parallel workers draw reproducibly); the last
+        # draw is kept here to look at
+        self.u = backend.xp.full(shape, 0.5, dtype=dt)
+        self.group_u = backend.xp.full((1,), 0.5, dtype=dt)
 
     def delta(self, l, r):
         """z (.) w [* z_tau]: (S,). In eval mode u = 1/2, the deterministic gate."""
+        if self.training:
+            self.u = backend.rng.uniform(self.w.shape, low=1e-6, high=1 - 1e-6, dtype=self.w.dtype)
+            self.group_u = backend.rng.uniform((1,), low=1e-6, high=1 - 1e-6, dtype=self.w.dtype)
         u, gu = (self.u, self.group_u) if self.training else (0.5, 0.5)
         d = HardConcrete.apply(self.log_alpha, u=u, l=l, r=r) * self.w
         if self.group_log_alpha is not None:
@@ -114,6 +121,7 @@ class DiffPruningConfig:
 
 
 CONFIG = DiffPruningConfig
+RANDOM_IN_TRAINING = True      # training-mode passes draw the gates' noise u; eval mode uses u = 1/2
 
 
 def from_options(o) -> DiffPruningConfig:
@@ -154,16 +162,6 @@ def aux_loss(pm, name: str):
         term = p_open.sum()
         total = term if total is None else total + term
     return total * cfg.l0_lambda
-
-
-def before_step(pm, name: str, step: int, optimizer) -> None:
-    """Draw the gates' noise u ~ U(eps, 1 - eps) for the next step's forward (phase 1)."""
-    if not _gated(pm, name):
-        return
-    for g in pm.deltas[name].gates:
-        g.u = backend.to_device(backend.rng.gen.uniform(1e-6, 1 - 1e-6, size=g.w.shape), dtype=g.w.dtype)
-        if g.group_log_alpha is not None:
-            g.group_u = float(backend.rng.gen.uniform(1e-6, 1 - 1e-6))
 
 
 def project(pm, name: str) -> int:

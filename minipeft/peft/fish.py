@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import ClassVar
 
+from .. import backend
 from . import sparse
 from .sparse import buffers, deltas, merge, remove, state, unmerge  # noqa: F401  (the method's API)
 
@@ -71,7 +72,8 @@ def fisher(pm, params: list, loss_fn, batches, n: int) -> dict:
         for batch in islice(_again(batches), n):
             loss_fn(pm, batch).backward()
             for path, p in params:
-                total[path] = total[path] + p.grad * p.grad                     # (d log p / d theta)^2
+                if p.grad is not None:            # None: the loss does not use it (e.g. the MLM head of a classifier)
+                    total[path] = total[path] + p.grad * p.grad                 # (d log p / d theta)^2
                 p.grad = None
             count += 1
     finally:
@@ -79,12 +81,16 @@ def fisher(pm, params: list, loss_fn, batches, n: int) -> dict:
             if id(p) in flags:
                 p.requires_grad = flags[id(p)]
             p.grad = None
-    return {path: t / count for path, t in total.items()}
+    return {path: (t / count if not isinstance(t, float) else backend.xp.zeros(p.shape, dtype=p.dtype))
+            for (path, t), (_, p) in zip(total.items(), params)}
 
 
 def _again(batches):
+    """The batches again and again. (A plain loop, not `yield from`: closing this generator must
+    not close a caller's batch generator, which training goes on reading.)"""
     while True:
-        yield from batches
+        for b in batches:
+            yield b
 
 
 def prepare(pm, name: str, loss_fn, batches, n_samples: int | None = None) -> None:

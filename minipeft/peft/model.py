@@ -323,11 +323,12 @@ class PeftModel(Module):
 
     def delta_counts(self, name: str) -> dict:
         """Of a W = W0 + Delta adapter: delta_nonzeros, the entries of the base weights its Delta
-        changes now (counted), and index_bytes, the bytes of the indices saved with it (buffers)."""
+        changes now (counted in eval mode: a gated Delta without its training noise), and
+        index_bytes, the bytes of the indices saved with it (buffers)."""
         self._check_name(name)
         m = method_of(self.peft_config[name])
         from ..autograd import no_grad
-        with no_grad():
+        with no_grad(), self.eval_mode():
             nonzeros = sum(int(backend.xp.count_nonzero(d.data)) for d in m.deltas(self, name).values()) \
                 if hasattr(m, "deltas") else 0
         index = sum(int(t.data.nbytes) for t in m.buffers(self, name).values()) if hasattr(m, "buffers") else 0

@@ -5,6 +5,8 @@ particular to them."""
 from __future__ import annotations
 
 import numpy
+
+import minipeft
 import pytest
 
 from minipeft import ops
@@ -175,7 +177,7 @@ def test_diff_pruning_reaches_exactly_the_target_sparsity(tiny, arch, structured
     fit(pm, loss_fn, [None], steps=20, lr=1e-2, schedule="constant", progress=False)
     assert loss_now(pm, loss_fn) < start - 0.05
     gates = pm.deltas["default"]
-    assert any(not numpy.all(g.u == 0.5) for g in gates.gates), "before_step redrew the gate noise"
+    assert any(not numpy.all(minipeft.to_numpy(g.u) == 0.5) for g in gates.gates), "training drew the gate noise"
     N = sparse.n_maskable(pm.config, HEAD)
     k = diff_pruning.project(pm, "default")
     assert k == round(0.03 * N) and pm.peft_config["default"].fixed
@@ -251,3 +253,21 @@ def test_count_cli_reports_nonzeros():
     from minipeft.cli import count_params
     res = count_params("bert-base", "random_mask")
     assert res["trainable"] == round(0.01 * sparse.n_maskable(__import__("minipeft.peft.count", fromlist=["x"]).ARCHS["bert-base"]))
+
+
+def test_finetune_prepares_a_data_dependent_mask_and_training_goes_on(tmp_path, monkeypatch):
+    """finetune calls the method's prepare (FISH: the Fisher mask) on the training batches, and the
+    batch generator survives it (closing prepare's reader once closed the generator training reads)."""
+    from minipeft.peft import fish
+    from minipeft.tasks import finetune
+    calls = []
+    real = fish.prepare
+
+    def spy(pm, name, loss_fn, batches, **kw):
+        calls.append(name)
+        real(pm, name, loss_fn, batches, n_samples=2)
+    monkeypatch.setattr(fish, "prepare", spy)
+    r = finetune("sst2", fish.CONFIG(modules_to_save=("cls_head",)), "bert-m", steps=3, batch_size=8,
+                 train_size=16, eval_size=8, eval_every=3, out_dir=str(tmp_path / "run"), progress=False,
+                 verbose=False, processes=1)
+    assert calls == ["default"] and r.trainable > 0
