@@ -262,4 +262,9 @@ OPENBLAS_NUM_THREADS, OPENBLAS_THREAD_TIMEOUT = cpu.OPENBLAS_NUM_THREADS, cpu.OP
 # choose from the environment at import time
 _env = os.environ.get("MINIPEFT_BACKEND")
 if _env:
-    use(_env)
+    try:
+        use(_env)
+    except (RuntimeError, ValueError) as _err:
+        # asked for in the environment, at import: one clear line and exit, not a traceback from
+        # inside `import minipeft` (never a silent fall back to NumPy)
+        raise SystemExit(f"minipeft: error: MINIPEFT_BACKEND={_env!r}: {_err}") from None

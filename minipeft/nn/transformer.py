@@ -196,6 +196,9 @@ class Transformer(Module):
                 raise TypeError(f"{name} must be integers, got dtype {ids.dtype}")
             if ids.ndim != 2:
                 raise ValueError(f"{name} must have shape (batch, tokens), got {ids.shape}")
+            if name == "ids" and 0 in ids.shape:
+                raise ValueError(f"ids has shape {ids.shape}: no {'rows' if ids.shape[0] == 0 else 'tokens'}; "
+                                 f"give at least one sequence of at least one token")
             if ids.size and (ids.min() < 0 or ids.max() >= high):
                 bad = int(ids[(ids < 0) | (ids >= high)][0])
                 hint = {"ids": "the tokenizer and model vocabularies do not match",

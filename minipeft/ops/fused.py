@@ -177,6 +177,13 @@ def _apply_cross_entropy(fn, logits, targets, ignore_index):
     if logits.ndim != 2 or targets.shape != logits.shape[:1]:
         raise ValueError(f"cross_entropy expects logits (N, C) and targets (N,), got "
                          f"{logits.shape} and {targets.shape}; reshape with .reshape(-1, C)")
+    C = logits.shape[1]
+    bad = ((targets < 0) | (targets >= C)) & (targets != ignore_index)       # one reduction (a GPU sync)
+    if targets.size and bool(bad.any()):
+        first = int(targets[bad][0])
+        raise ValueError(f"cross_entropy: target {first} is not a class of the {C} logits (expected 0 .. {C - 1}, "
+                         f"or ignore_index={ignore_index} for a position that does not count); the targets "
+                         f"and the model's vocabulary (or n_labels) do not match")
     return fn.apply(logits, targets, ignore_index=ignore_index)
 
 

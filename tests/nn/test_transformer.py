@@ -577,3 +577,10 @@ def test_position_ids_give_each_row_its_own_positions(backend):
         m.encode([[4, 5]], position_ids=[[0, 1, 2]])
     with pytest.raises(ValueError, match="n_ctx=16 positions"):
         m.encode([[4, 5]], position_ids=[[0, 16]])
+
+
+def test_empty_ids_are_one_clear_error():
+    m = Transformer(TransformerConfig(vocab_size=17, n_ctx=16, d_model=16, n_layer=1, n_head=2))
+    for shape, what in (((1, 0), "no tokens"), ((0, 3), "no rows")):
+        with pytest.raises(ValueError, match=what):
+            m(numpy.zeros(shape, dtype=numpy.int64))

@@ -429,3 +429,11 @@ def test_attention_requires_both_prefix_tensors(backend, rand):
     q, k, v, kp, _ = _qkv(rand, P=1)
     with pytest.raises(ValueError, match="k_prefix and v_prefix"):
         ops.attention(q, k, v, k_prefix=kp)
+
+
+def test_cross_entropy_refuses_a_target_that_is_not_a_class(backend):
+    logits = Tensor(backend.to_device(numpy.zeros((3, 4))), requires_grad=True)
+    for bad in (-5, 4):
+        with pytest.raises(ValueError, match=f"target {bad} is not a class of the 4 logits"):
+            ops.cross_entropy(logits, numpy.array([1, bad, 2]))
+    assert float(ops.cross_entropy(logits, numpy.array([1, -100, 2])).item()) == pytest.approx(math.log(4))
