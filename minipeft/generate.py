@@ -136,10 +136,11 @@ def _check_length(model, prompts, max_new_tokens: int, prompt) -> None:
     L = max(len(r) for r in prompts)
     if P + L + max_new_tokens > n_ctx:
         soft = f" + {P} soft-prompt vectors" if P else ""
+        fix = (f"lower max_new_tokens to at most {n_ctx - P - L} or shorten the prompt" if n_ctx - P - L > 0
+               else f"the prompt alone fills the context: shorten it to at most {n_ctx - P - 1} tokens")
         raise ValueError(f"the longest prompt ({L} tokens{soft}) plus max_new_tokens={max_new_tokens} "
                          f"needs {P + L + max_new_tokens} positions, more than the model's context "
-                         f"n_ctx={n_ctx}; lower max_new_tokens to at most {max(n_ctx - P - L, 0)} "
-                         f"or shorten the prompt")
+                         f"n_ctx={n_ctx}; {fix}")
 
 
 def _check_eos(eos_id, vocab_size: int):

@@ -414,6 +414,8 @@ def test_context_limit_is_a_clear_error():
         greedy(m, [[1, 2, 3, 4]], 13)
     with pytest.raises(ValueError, match=r"soft-prompt.*at most 10"):
         beam_search(m, [[1, 2, 3, 4]], 12, prompt=make_soft_prompt(m, length=2))
+    with pytest.raises(ValueError, match=r"the prompt alone fills the context: shorten it to at most 15 tokens"):
+        greedy(m, [list(range(1, 17))], 1)
 
 
 def test_zero_new_tokens():
