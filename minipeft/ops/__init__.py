@@ -13,7 +13,7 @@ from .activations import exp, log, tanh, sigmoid, relu, gelu, softmax, log_softm
 from .fused import (linear, layer_norm, cross_entropy, embedding, dropout, masked_fill, attention)
 from . import reference
 
-__all__ = ["add", "sub", "mul", "div", "neg", "pow", "matmul", "sum", "mean", "max", "reshape",
+__all__ = ["reference", "add", "sub", "mul", "div", "neg", "pow", "matmul", "sum", "mean", "max", "reshape",
            "permute", "transpose", "getitem", "concat", "stack", "split", "unbroadcast", "exp", "log",
            "tanh", "sigmoid", "relu", "gelu", "softmax", "log_softmax", "linear", "layer_norm",
            "cross_entropy", "embedding", "dropout", "masked_fill", "attention"]

@@ -10,7 +10,7 @@ import minipeft
 import pytest
 
 from minipeft import ops
-from minipeft.autograd import Tensor, no_grad
+from minipeft.autograd import no_grad
 from minipeft.gradcheck import gradcheck
 from minipeft.optim import SGD
 from minipeft.peft import PeftModel, apply, sparse
