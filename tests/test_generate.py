@@ -526,3 +526,13 @@ def test_top_candidates_without_a_full_sort_match_the_stable_sort_ties_included(
         a = B.to_device(g.integers(0, 5, size=int(g.integers(1, 40))).astype(np.float32))   # many ties
         n = int(g.integers(1, 12))
         assert B.to_numpy(_top_desc(a, n)).tolist() == B.to_numpy(_argsort_desc(a)[:n]).tolist(), (a, n)
+
+
+def test_length_normalisation_divides_by_the_length_exactly(backend):
+    # eos = 3. "3": log 0.5 = -0.693 over length 1. "0 3": log(0.5 * 0.602) = -1.200 over length 2 =
+    # -0.600: it wins. Dividing by length + 1 instead would rank them the other way (-0.347 against
+    # -0.400), and so would dividing by the length without the eos token (-0.693 against -1.200).
+    table = {(): [0.5, 0.0, 0.0, 0.5], (0,): [0.3, 0.05, 0.048, 0.602]}
+    lm = TableLM(table, vocab_size=4, prompt_len=1)
+    assert beam_search(lm, [[2]], 3, eos_id=3, num_beams=2, length_penalty=1.0) == [[0, 3]]
+    assert beam_search(lm, [[2]], 3, eos_id=3, num_beams=2, length_penalty=0.0) == [[3]]

@@ -584,3 +584,17 @@ def test_empty_ids_are_one_clear_error():
     for shape, what in (((1, 0), "no tokens"), ((0, 3), "no rows")):
         with pytest.raises(ValueError, match=what):
             m(numpy.zeros(shape, dtype=numpy.int64))
+
+
+def test_bert_pooling_reads_the_cls_position(backend):
+    """pooled = tanh(W h[:, 0] + b): the [CLS] position, not any other (each position differs here)."""
+    minipeft.manual_seed(0)
+    with B.default_dtype_as(numpy.float64):
+        m = Transformer(TransformerConfig(arch="bert", vocab_size=11, n_ctx=8, d_model=8, n_layer=1, n_head=2,
+                                          n_labels=2))
+    with minipeft.no_grad():
+        h = m.encode(numpy.array([[4, 5, 6, 7], [4, 8, 9, 3]]))
+        got = B.to_numpy(m.pooled(h).data)
+    H, W, b = (B.to_numpy(t) for t in (h.data, m.pooler.weight.data, m.pooler.bias.data))
+    numpy.testing.assert_allclose(got, numpy.tanh(H[:, 0] @ W.T + b), rtol=1e-12, atol=1e-12)
+    assert numpy.abs(numpy.tanh(H[:, 1] @ W.T + b) - got).max() > 1e-3     # another position would show
