@@ -24,7 +24,7 @@ import sys
 
 def count_params(arch: str, method: str, r: int = 8, targets: str = "q,v", size: int = 64,
                  placement: str = "houlsby", length: int = 10, with_layernorm: bool = False,
-                 top_k: int | None = None) -> dict:
+                 top_k: int | None = None, density: float | None = None) -> dict:
     """Trainable and total parameters of a method on a real-size architecture, from formulas alone."""
     from .peft import registry
     from .peft.count import ARCHS, base_params
@@ -37,7 +37,8 @@ def count_params(arch: str, method: str, r: int = 8, targets: str = "q,v", size:
     if method not in registry.names():
         raise ValueError(f"unknown --method {method!r}; choose one of none, {', '.join(registry.names())}")
     mcfg = registry.config_from_options(method, r=r, targets=targets, size=size, placement=placement,
-                                        length=length, with_layernorm=with_layernorm, top_k=top_k)
+                                        length=length, with_layernorm=with_layernorm, top_k=top_k,
+                                        density=density)
     module = registry.method_of(mcfg)
     in_place = getattr(module, "EXCLUSIVE", False)           # full, BitFit train base parameters
     f = module.formula(cfg, mcfg, mlm_head=False) if in_place else module.formula(cfg, mcfg)
@@ -51,7 +52,7 @@ def count_params(arch: str, method: str, r: int = 8, targets: str = "q,v", size:
            "trainable_pct": 100.0 * f["trainable"] / total_training,
            "pct_of_base": 100.0 * f["trainable"] / base,
            "optimizer_state_bytes_fp32": 8 * f["trainable"]}
-    for k in ("biases", "layernorm_gains"):
+    for k in ("biases", "layernorm_gains", "nonzeros", "index_bytes"):    # parts; sparse: nonzeros, index bytes
         if k in f:
             out[k] = f[k]
     return out
@@ -59,7 +60,7 @@ def count_params(arch: str, method: str, r: int = 8, targets: str = "q,v", size:
 
 def _cmd_count(a):
     res = count_params(a.arch, a.method, r=a.r, targets=a.targets, size=a.size, placement=a.placement,
-                       length=a.length, with_layernorm=a.with_layernorm, top_k=a.top_k)
+                       length=a.length, with_layernorm=a.with_layernorm, top_k=a.top_k, density=a.density)
     if a.json:
         print(json.dumps(res))
     else:
@@ -156,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--length", type=int, default=10, help="prefix / prompt length")
     c.add_argument("--with-layernorm", action="store_true", help="BitFit: also the LayerNorm gains")
     c.add_argument("--top-k", type=int, default=None, help="full: train only the top k layers")
+    c.add_argument("--density", type=float, default=None,
+                   help="sparse methods: the fraction of entries that train (default: the method's)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(fn=_cmd_count)
 
@@ -210,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--size", type=int, default=16)
     f.add_argument("--placement", default="houlsby")
     f.add_argument("--length", type=int, default=10)
+    f.add_argument("--density", type=float, default=None,
+                   help="sparse methods: the fraction of entries that train (default: the method's)")
     f.add_argument("--train-size", type=int, default=None, help="use only the first N training examples")
     f.add_argument("--eval-size", type=int, default=100)
     f.add_argument("--eval-every", type=int, default=100)

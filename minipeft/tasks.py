@@ -626,7 +626,7 @@ def config_from_args(a):
     """A PEFT config from the `minipeft finetune` options."""
     from .peft.registry import config_from_options
     return config_from_options(a.method, r=a.r, alpha=a.alpha, targets=a.targets, size=a.size,
-                               placement=a.placement, length=a.length,
+                               placement=a.placement, length=a.length, density=a.density,
                                heads=("cls_head",) if a.task == "sst2" else ())
 
 

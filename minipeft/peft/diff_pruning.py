@@ -125,7 +125,7 @@ RANDOM_IN_TRAINING = True      # training-mode passes draw the gates' noise u; e
 
 
 def from_options(o) -> DiffPruningConfig:
-    return DiffPruningConfig(modules_to_save=o.heads)
+    return DiffPruningConfig(modules_to_save=o.heads, **sparse.density_option(o))
 
 
 def add(pm, name: str, cfg: DiffPruningConfig) -> None:

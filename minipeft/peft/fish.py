@@ -47,7 +47,7 @@ CONFIG = FishConfig
 
 
 def from_options(o) -> FishConfig:
-    return FishConfig(modules_to_save=o.heads)
+    return FishConfig(modules_to_save=o.heads, **sparse.density_option(o))
 
 
 def add(pm, name: str, cfg: FishConfig) -> None:

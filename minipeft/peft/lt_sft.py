@@ -50,7 +50,7 @@ CONFIG = LTSFTConfig
 
 
 def from_options(o) -> LTSFTConfig:
-    return LTSFTConfig(modules_to_save=o.heads)
+    return LTSFTConfig(modules_to_save=o.heads, **sparse.density_option(o))
 
 
 def add(pm, name: str, cfg: LTSFTConfig) -> None:

@@ -34,7 +34,7 @@ parameters change). Then, required:
     DEFAULT_LR      the learning rate `finetune` uses when none is given.
     from_options(o) the config `minipeft count` and `minipeft finetune` build from their command
                     line options; o has r, alpha, targets, size, placement, length,
-                    with_layernorm, top_k, heads (see OPTIONS), each method reads what it needs.
+                    with_layernorm, top_k, heads, density (see OPTIONS), each method reads what it needs.
 
 Optional (the default in brackets):
     remove(pm, name)            delete_adapter [drop entry `name` of every ModuleDict]
@@ -103,7 +103,7 @@ REQUIRED = ("CONFIG", "add", "formula", "DEFAULT_LR", "from_options")
 
 # the command-line options every method's from_options may read, with their defaults
 OPTIONS = dict(r=8, alpha=16.0, targets="q,v", size=64, placement="houlsby", length=10,
-               with_layernorm=False, top_k=None, heads=())
+               with_layernorm=False, top_k=None, heads=(), density=None)
 
 
 def discover() -> dict:

@@ -277,8 +277,13 @@ class RandomMaskConfig:
 CONFIG = RandomMaskConfig
 
 
+def density_option(o) -> dict:
+    """{"density": --density} when it was given (a sparse method's from_options), else {}."""
+    return {} if getattr(o, "density", None) is None else {"density": o.density}
+
+
 def from_options(o) -> RandomMaskConfig:
-    return RandomMaskConfig(modules_to_save=o.heads)
+    return RandomMaskConfig(modules_to_save=o.heads, **density_option(o))
 
 
 def add(pm, name: str, cfg: RandomMaskConfig) -> None:

@@ -252,7 +252,15 @@ def test_counted_by_nonzeros(tiny, arch, cfg):
 def test_count_cli_reports_nonzeros():
     from minipeft.cli import count_params
     res = count_params("bert-base", "random_mask")
-    assert res["trainable"] == round(0.01 * sparse.n_maskable(__import__("minipeft.peft.count", fromlist=["x"]).ARCHS["bert-base"]))
+    N = sparse.n_maskable(__import__("minipeft.peft.count", fromlist=["x"]).ARCHS["bert-base"])
+    assert res["trainable"] == round(0.01 * N)
+    for method in ("random_mask", "fish", "lt_sft"):                      # --density reaches each
+        res = count_params("bert-base", method, density=0.02)
+        assert res["trainable"] == res["kept"] == round(0.02 * N) == res["nonzeros"], (method, res)
+        assert res["index_bytes"] == 4 * res["nonzeros"], res
+    # diff pruning, before its projection: a gate and a value for every entry (a dense delta); it keeps k
+    res = count_params("bert-base", "diff_pruning", density=0.02)
+    assert (res["trainable"], res["nonzeros"], res["index_bytes"], res["kept"]) == (2 * N, N, 0, round(0.02 * N)), res
 
 
 def test_finetune_prepares_a_data_dependent_mask_and_training_goes_on(tmp_path, monkeypatch):
