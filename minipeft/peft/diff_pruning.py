@@ -202,36 +202,21 @@ def buffers(pm, name: str) -> dict:
     return {} if _gated(pm, name) else sparse.buffers(pm, name)
 
 
-def _fold(pm, name, sign):
-    params = dict(pm.model.named_parameters())
-    with no_grad():
-        for path, d in deltas(pm, name).items():
-            params[path].data = params[path].data + sign * d.data
-
-
 def merge(pm, name: str) -> None:
     """W0 <- W0 + delta (the gates in their current mode: call pm.eval() first for the deterministic one)."""
     if not _gated(pm, name):
         return sparse.merge(pm, name)
-    gates = pm.deltas[name]
-    if not gates.merged:
-        _fold(pm, name, +1.0)
-        gates.merged = True
+    sparse.merge_with(pm, name, deltas)
 
 
 def unmerge(pm, name: str) -> None:
     if not _gated(pm, name):
         return sparse.unmerge(pm, name)
-    gates = pm.deltas[name]
-    if gates.merged:
-        gates.merged = False
-        _fold(pm, name, -1.0)
+    sparse.unmerge_with(pm, name, deltas)
 
 
 def remove(pm, name: str) -> None:
-    if name in pm.deltas:
-        unmerge(pm, name)
-    pm._remove_generic(name)
+    sparse.remove(pm, name, unmerge)
 
 
 def n_tensors(model_cfg, modules_to_save=()) -> int:

@@ -84,27 +84,10 @@ def aux_loss(pm, name: str):
 def prepare(pm, name: str, loss_fn, batches, steps: int | None = None, lr: float | None = None) -> None:
     """Phase 1 and the mask: fine-tune every maskable entry fully, keep the K most changed
     entries, reset to theta0 (bit-exact) and train only those from here on."""
-    from ..train import fit
     cfg = pm.peft_config[name]
     delta = sparse.delta_of(pm, name)
     params = sparse.maskable(pm, cfg.modules_to_save)
-    flags = pm._grad_flags()
-    start = {path: p.data.copy() for path, p in params}
-    heads = {id(p): p.data.copy() for p in pm.adapter_parameters(name).values()}
-    delta.values.requires_grad = False
-    try:
-        for _, p in params:
-            p.requires_grad = True
-        fit(pm, loss_fn, batches, steps=steps or cfg.full_steps, lr=lr or cfg.full_lr, progress=False,
-            desc="LT-SFT phase 1")
-        moved = {path: abs(p.data - start[path]) for path, p in params}            # |theta1 - theta0|
-    finally:
-        for path, p in params:
-            p.data = start[path]                                                    # reset theta <- theta0
-        for p in pm.adapter_parameters(name).values():
-            if id(p) in heads:
-                p.data = heads[id(p)]
-        for p in pm.parameters():
-            if id(p) in flags:
-                p.requires_grad = flags[id(p)]
+    theta1 = sparse.dense_phase(pm, name, params, loss_fn, batches, steps or cfg.full_steps,
+                                lr or cfg.full_lr, "LT-SFT phase 1")
+    moved = {path: abs(theta1[path] - p.data) for path, p in params}              # |theta1 - theta0|
     delta.set_indices(sparse.top_k(sparse.flat(pm, delta, moved), delta.values.size))

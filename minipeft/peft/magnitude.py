@@ -107,29 +107,12 @@ def formula(model_cfg, cfg: MagnitudeConfig) -> dict:
 def prepare(pm, name: str, loss_fn, batches, steps: int | None = None, lr: float | None = None) -> None:
     """Dense fine-tuning of the matrices (theta0 -> theta1), the mask TopK(|theta1|) per matrix,
     then theta <- theta0 (bit-exact); only the mask's values train from here on."""
-    from ..train import fit
     cfg = pm.peft_config[name]
     steps = cfg.full_steps if steps is None else steps
     if steps == 0:
         return                                                                   # keep the |theta0| mask
-    delta = sparse.delta_of(pm, name)
     params = matrices(pm, cfg.modules_to_save)
-    flags = pm._grad_flags()
-    start = {path: p.data.copy() for path, p in params}
-    heads = {id(p): p.data.copy() for p in pm.adapter_parameters(name).values()}
-    delta.values.requires_grad = False
-    try:
-        for _, p in params:
-            p.requires_grad = True
-        fit(pm, loss_fn, batches, steps=steps, lr=lr or cfg.full_lr, progress=False, desc="magnitude: dense phase")
-        theta1 = {path: abs(p.data) for path, p in params}                       # |theta1|
-    finally:
-        for path, p in params:
-            p.data = start[path]                                                 # reset theta <- theta0
-        for p in pm.adapter_parameters(name).values():
-            if id(p) in heads:
-                p.data = heads[id(p)]
-        for p in pm.parameters():
-            if id(p) in flags:
-                p.requires_grad = flags[id(p)]
-    delta.set_indices(per_matrix_top_k(theta1, params, cfg.density))
+    theta1 = sparse.dense_phase(pm, name, params, loss_fn, batches, steps, lr or cfg.full_lr,
+                                "magnitude: dense phase")
+    sparse.delta_of(pm, name).set_indices(
+        per_matrix_top_k({path: abs(t) for path, t in theta1.items()}, params, cfg.density))   # |theta1|

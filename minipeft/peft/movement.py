@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .. import backend
-from ..autograd import Function, Tensor, no_grad
+from ..autograd import Function, Tensor
 from ..nn.module import Module, ModuleList, Parameter
 from . import sparse
 from .common import task_heads
@@ -173,29 +173,14 @@ def buffers(pm, name: str) -> dict:
     return {f"base_model.model.{path}.movement_scores": e.scores for path, e in zip(mv.paths, mv.entries)}
 
 
-def _fold(pm, name, sign):
-    params = dict(pm.model.named_parameters())
-    with no_grad():
-        for path, d in deltas(pm, name).items():
-            params[path].data = params[path].data + sign * d.data
-
-
 def merge(pm, name: str) -> None:
     """W0 <- W0 + M (.) delta with the current mask."""
-    mv = pm.deltas[name]
-    if not mv.merged:
-        _fold(pm, name, +1.0)
-        mv.merged = True
+    sparse.merge_with(pm, name, deltas)
 
 
 def unmerge(pm, name: str) -> None:
-    mv = pm.deltas[name]
-    if mv.merged:
-        mv.merged = False
-        _fold(pm, name, -1.0)
+    sparse.unmerge_with(pm, name, deltas)
 
 
 def remove(pm, name: str) -> None:
-    if name in pm.deltas:
-        unmerge(pm, name)
-    pm._remove_generic(name)
+    sparse.remove(pm, name, unmerge)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .. import backend
-from ..autograd import Function, Tensor
+from ..autograd import Function, Tensor, no_grad
 from ..nn.module import Module, ModuleDict, Parameter
 from .common import task_heads
 from .count import base_params, head_params
@@ -253,11 +253,62 @@ def unmerge(pm, name: str) -> None:
         d.merged = False
 
 
-def remove(pm, name: str) -> None:
-    """delete_adapter: take a merged delta out of the weights, then drop it and its head copies."""
+def fold_deltas(pm, deltas: dict, sign: float) -> None:
+    """W0 <- W0 + sign * Delta for each {path: Delta} a method's `deltas` gives (merging a Delta
+    that is not a SparseDelta: diff pruning's gates, movement's masked delta)."""
+    params = dict(pm.model.named_parameters())
+    with no_grad():
+        for path, d in deltas.items():
+            params[path].data = params[path].data + sign * d.data
+
+
+def merge_with(pm, name: str, deltas_of) -> None:
+    """merge for a holder pm.deltas[name] with a `merged` flag whose Delta comes from deltas_of(pm, name)."""
+    holder = pm.deltas[name]
+    if not holder.merged:
+        fold_deltas(pm, deltas_of(pm, name), +1.0)
+        holder.merged = True
+
+
+def unmerge_with(pm, name: str, deltas_of) -> None:
+    holder = pm.deltas[name]
+    if holder.merged:
+        holder.merged = False                     # first: a merged holder's deltas_of gives nothing
+        fold_deltas(pm, deltas_of(pm, name), -1.0)
+
+
+def remove(pm, name: str, unmerge_fn=None) -> None:
+    """delete_adapter: take a merged delta out of the weights (with the method's own unmerge when
+    it has one), then drop it and its head copies."""
     if name in pm.deltas:
-        unmerge(pm, name)
+        (unmerge_fn or unmerge)(pm, name)
     pm._remove_generic(name)
+
+
+def dense_phase(pm, name: str, params, loss_fn, batches, steps: int, lr: float, desc: str) -> dict:
+    """Fine-tune `params` (a [(path, Parameter)] of base weights) densely for `steps`, and return
+    {path: theta1}; then put every weight, head copy and requires_grad flag back as it was
+    (theta <- theta0, bit-exact). LT-SFT and magnitude selection choose their mask from theta1."""
+    from ..train import fit
+    delta = delta_of(pm, name)
+    flags = pm._grad_flags()
+    start = {path: p.data.copy() for path, p in params}
+    heads = {id(p): p.data.copy() for p in pm.adapter_parameters(name).values()}
+    delta.values.requires_grad = False
+    try:
+        for _, p in params:
+            p.requires_grad = True
+        fit(pm, loss_fn, batches, steps=steps, lr=lr, progress=False, desc=desc)
+        return {path: p.data for path, p in params}
+    finally:
+        for path, p in params:
+            p.data = start[path]                                            # theta <- theta0
+        for p in pm.adapter_parameters(name).values():
+            if id(p) in heads:
+                p.data = heads[id(p)]
+        for p in pm.parameters():
+            if id(p) in flags:
+                p.requires_grad = flags[id(p)]
 
 
 # ----------------------------------------------------------------------------- this file's method: a random mask
