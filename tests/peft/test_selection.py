@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy
 import pytest
 
-from minipeft import ops
 from minipeft.autograd import no_grad
 from minipeft.gradcheck import gradcheck
 from minipeft.peft import PeftModel, apply, magnitude, movement, registry, sparse
@@ -14,19 +13,11 @@ from minipeft.peft.magnitude import MagnitudeConfig
 from minipeft.peft.movement import MovementConfig, MovementMask
 from minipeft.train import fit
 
+from weight_tasks import loss_now, task
+
 pytestmark = pytest.mark.task_sparse
 
 MATRICES = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.fc", "mlp.proj")
-
-
-def task(tiny, seed=0):
-    ids, targets, y = tiny.ids(seed=seed), tiny.ids(seed=seed + 5), tiny.labels(seed=seed)
-    return lambda m, _: m(ids, targets)[1] + ops.cross_entropy(m.classify(ids), y)  # noqa: E731
-
-
-def loss_now(pm, loss_fn):
-    with no_grad():
-        return loss_fn(pm, None).item()
 
 
 def effective(pm, tiny):

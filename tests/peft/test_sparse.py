@@ -9,8 +9,6 @@ import numpy
 import minipeft
 import pytest
 
-from minipeft import ops
-from minipeft.autograd import no_grad
 from minipeft.gradcheck import gradcheck
 from minipeft.optim import SGD
 from minipeft.peft import PeftModel, apply, sparse
@@ -22,19 +20,11 @@ from minipeft.peft.lt_sft import LTSFTConfig
 from minipeft.peft.sparse import RandomMaskConfig
 from minipeft.train import fit
 
+from weight_tasks import loss_now, task
+
 pytestmark = pytest.mark.task_sparse
 
 HEAD = ("cls_head",)
-
-
-def task(tiny, seed=0):
-    ids, targets, y = tiny.ids(seed=seed), tiny.ids(seed=seed + 5), tiny.labels(seed=seed)
-    return lambda m, _: m(ids, targets)[1] + ops.cross_entropy(m.classify(ids), y)  # noqa: E731
-
-
-def loss_now(pm, loss_fn):
-    with no_grad():
-        return loss_fn(pm, None).item()
 
 
 # ----------------------------------------------------------------------------- the ops
