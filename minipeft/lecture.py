@@ -127,11 +127,24 @@ def table(rows: list, columns: list | None = None, headers: list | None = None, 
 
 
 def run_settings() -> dict:
-    """What a reader needs to compare a run: mode, versions, CPU count, backend (no paths)."""
+    """What a reader needs to compare a run: mode, versions, the library's commit (with "+dirty"
+    when minipeft/ had uncommitted changes), CPU count, backend (no paths)."""
     from . import backend
-    return {"mode": "fast" if fast_mode() else "full", "minipeft": _version(),
+    return {"mode": "fast" if fast_mode() else "full", "minipeft": _version(), "commit": _commit(),
             "python": platform.python_version(), "numpy": backend.host().__version__,
             "backend": backend.name, "cpus": os.cpu_count(), "machine": platform.machine()}
+
+
+def _commit() -> str:
+    """The checkout's short commit, "+dirty" if minipeft/ has uncommitted changes; "unknown"
+    outside a git checkout (an installed copy)."""
+    import subprocess
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True,  # noqa: E731
+                                        check=True, timeout=10).stdout.strip()
+        return run("rev-parse", "--short", "HEAD") + ("+dirty" if run("status", "--porcelain", "--", "minipeft") else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def _version() -> str:
