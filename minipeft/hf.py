@@ -231,7 +231,8 @@ def state_from_hf(hf_state: dict, cfg: TransformerConfig) -> tuple[dict, list]:
 
 
 def state_to_hf(model: Transformer) -> dict:
-    """minipeft's state -> Hugging Face names (BertForMaskedLM / BertModel / GPT2LMHeadModel)."""
+    """minipeft's state -> Hugging Face names (BertForMaskedLM / BertModel / GPT2LMHeadModel), the task
+    head left out."""
     cfg = model.config
     xp = backend.xp
     inv = {}
@@ -251,7 +252,8 @@ def state_to_hf(model: Transformer) -> dict:
         for i in range(cfg.n_layer):
             inv.update({f"h.{i}.{v}": f"transformer.h.{i}.{k}" for k, v in _GPT2_LAYER.items()})
     out = {}
-    state = {k: p.data for k, p in model.named_parameters()}
+    # a task head (cls_head) has no place in the base model's layout
+    state = {k: p.data for k, p in model.named_parameters() if not k.startswith("cls_head.")}
     for k, a in state.items():
         module, _, leaf = k.rpartition(".")
         if k == "mlm_bias":
@@ -418,21 +420,11 @@ def save_hf(model, directory, tokenizer=None, overwrite: bool = False) -> None:
         raise FileExistsError(f"{directory!r} already holds a model.safetensors; pass overwrite=True "
                               f"to replace it, or choose another folder")
     os.makedirs(directory, exist_ok=True)
-    save_state_dict(state_to_hf(_without_head(model)), os.path.join(directory, "model.safetensors"),
+    save_state_dict(state_to_hf(model), os.path.join(directory, "model.safetensors"),
                     metadata={"format": "pt"})
     write_json_atomic(os.path.join(directory, "config.json"), config_to_hf(model.config))
     if tokenizer is not None:
         tokenizer.save(os.path.join(directory, "tokenizer.json"))
-
-
-class _without_head:
-    """A view of a Transformer's parameters without its classification head (not part of the layout)."""
-
-    def __init__(self, model):
-        self.model, self.config = model, model.config
-
-    def named_parameters(self):
-        return [(k, p) for k, p in self.model.named_parameters() if not k.startswith("cls_head.")]
 
 
 def _hf_module(cfg: TransformerConfig, path: str) -> tuple[str, slice | None]:
