@@ -5,6 +5,7 @@
     minipeft generate --model gpt2-m --text "The Eagle is a"
     minipeft eval --model gpt2-m
     minipeft finetune --method lora --task e2e --model gpt2-m --steps 300 --out runs/e2e-lora
+    minipeft capability gpt2-m                        # what the frozen model already knows (--write: capability.json)
     minipeft assignment build lora --out /tmp/hw      # a student copy; then: cd /tmp/hw && make test
     minipeft grade /tmp/hw                            # the score table (--json FILE: Gradescope's format)
 
@@ -140,6 +141,13 @@ def _cmd_finetune(a):
     finetune_cli(a)
 
 
+def _cmd_capability(a):
+    from . import use
+    from .capability import capability_cli
+    use(a.backend)
+    capability_cli(a)
+
+
 # ----------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,6 +239,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "with NumPy, else 1); 1 = one process using threads op by op")
     common(f)
     f.set_defaults(fn=_cmd_finetune)
+
+    k = sub.add_parser("capability", help="what a frozen checkpoint already knows: reference loss, linear "
+                       "probe, zero-shot SST-2, in-context translation")
+    k.add_argument("model", help="a shipped preset name or a checkpoint directory")
+    k.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    k.add_argument("--write", action="store_true", help="also write capability.json into the checkpoint folder")
+    k.add_argument("--overwrite", action="store_true", help="--write: replace a capability.json in data/checkpoints")
+    k.add_argument("--fast", action="store_true", help="smaller samples (capability.FAST), for a quick look")
+    k.add_argument("--data", default=None, metavar="DIR", help="read the tokenizer, corpus and tasks from DIR, "
+                   "a folder laid out like data/ (default: the checkpoint's tokenizer and data/)")
+    common(k)
+    k.set_defaults(fn=_cmd_capability)
 
     from . import course                       # the course kit: assignments and the autograder
     s = sub.add_parser("assignment", help="course assignments built from the reference code")
