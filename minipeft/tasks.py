@@ -409,8 +409,11 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
         raise ValueError(f"unknown task {task!r}; choose one of {GEN_TASKS + CLS_TASKS}")
     _check_run_options(steps, batch_size, train_size, eval_size, eval_every, patience)
     from .parallel import check_supported, default_processes
-    processes = default_processes(batch_size) if processes is None else check_supported(processes)  # before loading
     method = method_of(peft_config)
+    if processes is None and getattr(method, "ONE_PROCESS", False):
+        processes = 1                                  # its re-selection reads every gradient here
+        print(f"training in one process: {peft_config.method} reads the whole step's gradients")
+    processes = default_processes(batch_size) if processes is None else check_supported(processes)  # before loading
     train = load_task(task, "train", data_dir)[:train_size]     # a missing file fails fast
     dev = load_task(task, "dev", data_dir)[:eval_size]
     for split, got in (("train", train), ("dev", dev)):

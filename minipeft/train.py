@@ -95,6 +95,10 @@ def fit(model, loss_fn: Callable, batches: Iterable, *, steps: int, lr: float = 
     stopping = _EarlyStopping(select, mode, patience, on_best)
     from .parallel import check_supported
     processes = check_supported(processes)
+    only_one = model.one_process_only() if processes > 1 and hasattr(model, "one_process_only") else []
+    if only_one:
+        raise ValueError(f"fit(processes={processes}): adapter(s) {only_one} train in one process only (their "
+                         f"before_step reads the whole step's gradients); pass processes=1")
     optimizer, scheduler = _optimizer(model, params, optimizer, lr, weight_decay, schedule, warmup, steps)
     trained = [p for g in optimizer.param_groups for p in g["params"]]
 

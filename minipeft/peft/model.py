@@ -36,7 +36,8 @@ class _Holder(Module):
 
 
 def _flag(method, name: str) -> bool:
-    """A method's optional flag (registry.py): EXCLUSIVE and STARTS_AT_BASE default False, CAN_DISABLE True."""
+    """A method's optional flag (registry.py): EXCLUSIVE, STARTS_AT_BASE and ONE_PROCESS default False,
+    CAN_DISABLE True."""
     return getattr(method, name, name == "CAN_DISABLE")
 
 
@@ -230,6 +231,11 @@ class PeftModel(Module):
         """The active adapters' hooks between backward and optimizer.step() (gradient masks);
         train.fit calls it every step (parametrize.py)."""
         parametrize.before_step(self, step, optimizer)
+
+    def one_process_only(self) -> list:
+        """The active adapters whose method trains in one process only (ONE_PROCESS, registry.py)."""
+        return [n for n in ([] if self._disabled else self.active_adapters)
+                if _flag(method_of(self.peft_config[n]), "ONE_PROCESS")]
 
     def context_positions(self) -> int:
         """Positions of n_ctx that the active adapters take (soft prompts): batches and generation

@@ -84,6 +84,9 @@ Optional (the default in brackets):
     RANDOM_IN_TRAINING = True   a training-mode forward pass draws random choices (AdaMix's
                                 experts), so two passes differ; eval mode is deterministic and
                                 the contract tests compare its outputs in eval mode [False]
+    ONE_PROCESS = True          its before_step must see the whole step's gradients in this
+                                process (SpIEL's re-selection): fit refuses processes > 1 and
+                                finetune trains it in one process [False]
     PER_SAMPLE = False          adapter_names cannot route it to some samples of a batch only (a
                                 W0 + Delta that the whole batch shares): a ValueError says so [True]
 

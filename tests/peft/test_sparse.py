@@ -269,3 +269,94 @@ def test_finetune_prepares_a_data_dependent_mask_and_training_goes_on(tmp_path, 
                  train_size=16, eval_size=8, eval_every=3, out_dir=str(tmp_path / "run"), progress=False,
                  verbose=False, processes=1)
     assert calls == ["default"] and r.trainable > 0
+
+
+# ----------------------------------------------------------------------------- SpIEL
+
+def test_spiel_probe_leaves_the_forward_alone_and_reads_the_dense_gradient(tiny):
+    from minipeft.peft import spiel
+    from minipeft.peft.spiel import SpIELConfig
+    model = tiny.model("gpt2", n_labels=3)
+    pm = apply(model, SpIELConfig(density=0.05))
+    d = sparse.delta_of(pm, "default")
+    tiny.perturb([d.values], std=0.1)
+    loss_fn = task(tiny)
+    before = loss_now(pm, loss_fn)
+    spiel._set_probes(d, True)
+    assert loss_now(pm, loss_fn) == before, "W0 + Delta + 0 computes what W0 + Delta does"
+    loss_fn(pm, None).backward()
+    # the oracle: a plain model holding the effective weights W0 + Delta, differentiated directly
+    dense = tiny.model("gpt2", n_labels=3)
+    effective = {p: tiny.np(w) for p, w in model.named_parameters()}
+    for p, t in d.deltas().items():
+        effective[p] = effective[p] + tiny.np(t)
+    for p, w in dense.named_parameters():
+        w.data = tiny.tensor(effective[p]).data
+        w.requires_grad = True
+    loss_fn(dense, None).backward()
+    grads = {n: tiny.np(p.grad) for n, p in dense.named_parameters() if n in d.probes}
+    assert set(grads) == set(d.probes) == set(d.paths)
+    for n, g in grads.items():
+        err = abs(tiny.np(d.probes[n].grad) - g).max() / (abs(g).max() + 1e-30)
+        assert err < 1e-10, f"{n}: probe gradient differs from dL/dW by {err:.2e} (relative)"
+
+
+def test_spiel_reselection_drops_the_smallest_grows_the_largest_and_carries_moments(tiny):
+    from minipeft.optim import AdamW
+    from minipeft.peft import spiel
+    from minipeft.peft.spiel import SpIELConfig
+    pm = apply(tiny.model("gpt2", n_labels=3), SpIELConfig(density=0.02))
+    d = sparse.delta_of(pm, "default")
+    k, N = d.values.size, d.N
+    gen = numpy.random.default_rng(3)
+    d.values.data = tiny.tensor(gen.normal(size=k)).data
+    opt = AdamW([d.values], lr=1e-3)
+    d.values.grad = tiny.tensor(gen.normal(size=k)).data
+    opt.step()                                                   # moments exist
+    old_idx, old_val = tiny.np(d.indices).astype(int), tiny.np(d.values)
+    m_old = tiny.np(opt.state[id(d.values)]["exp_avg"])
+    s1 = gen.normal(size=N)
+    d.acc = (s1, s1 * s1 + 1.0, 2)
+    dropped, grown = spiel.reselect(d, opt, 0.25)
+    n = int(round(0.25 * k))
+    new_idx = tiny.np(d.indices).astype(int)
+    assert len(dropped) == len(grown) == n and len(new_idx) == k and (numpy.diff(new_idx) > 0).all()
+    assert set(dropped) == set(old_idx[numpy.argsort(numpy.abs(old_val), kind="stable")[:n]]), "the smallest |delta|"
+    outside = numpy.setdiff1d(numpy.arange(N), old_idx)
+    assert set(grown) == set(outside[numpy.argsort(-numpy.abs(s1[outside]), kind="stable")[:n]]), "the largest |sum g|"
+    where = {j: i for i, j in enumerate(new_idx)}
+    val, m_new = tiny.np(d.values), tiny.np(opt.state[id(d.values)]["exp_avg"])
+    v_new = tiny.np(opt.state[id(d.values)]["exp_avg_sq"])
+    for i, j in enumerate(old_idx):
+        if j not in set(dropped):
+            assert val[where[j]] == old_val[i] and m_new[where[j]] == m_old[i], "a kept entry keeps value and moment"
+    for j in grown:
+        assert val[where[j]] == 0 and m_new[where[j]] == pytest.approx(s1[j] / 2) \
+            and v_new[where[j]] == pytest.approx((s1[j] ** 2 + 1) / 2)
+
+
+def test_spiel_moves_its_index_set_while_it_trains_and_w0_stays(tiny):
+    from minipeft.peft.spiel import SpIELConfig, rate
+    cfg = SpIELConfig(density=0.05, reselection_steps=4, accumulation_steps=2, initial_reselection_rate=0.5,
+                      total_steps=12, modules_to_save=HEAD)
+    assert rate(4, cfg) == pytest.approx(0.5 * (1 - 4 / 12)) and rate(12, cfg) == 0.0
+    model = tiny.model("gpt2", n_labels=3)
+    pm = apply(model, cfg)
+    d = sparse.delta_of(pm, "default")
+    base = {n: tiny.np(p) for n, p in model.named_parameters() if "modules_to_save" not in n}
+    loss_fn = task(tiny)
+    start, first = loss_now(pm, loss_fn), set(tiny.np(d.indices).tolist())
+    fit(pm, loss_fn, [None], steps=3, lr=1e-2, schedule="constant", progress=False, processes=1)
+    assert set(tiny.np(d.indices).tolist()) == first and d.probes is not None, "step 4 accumulates next"
+    fit(pm, loss_fn, [None], steps=10, lr=1e-2, schedule="constant", progress=False, processes=1)
+    moved = set(tiny.np(d.indices).tolist())
+    assert moved != first and len(moved) == len(first), "re-selected, at the same size"
+    assert loss_now(pm, loss_fn) < start - 0.05
+    assert all(numpy.array_equal(tiny.np(p), base[n]) for n, p in model.named_parameters() if n in base)
+
+
+def test_spiel_refuses_data_parallel_training(tiny):
+    from minipeft.peft.spiel import SpIELConfig
+    pm = apply(tiny.model("gpt2", n_labels=3), SpIELConfig(density=0.05))
+    with pytest.raises(ValueError, match="one process"):
+        fit(pm, task(tiny), [None], steps=1, progress=False, processes=2)
