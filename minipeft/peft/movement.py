@@ -28,8 +28,16 @@ meaningful: the mask is a step function of S, whose true derivative is 0. Scores
 `score_init` (the reference's mask_init="constant", mask_scale=0: ties, so the first mask is the
 first k_t entries, and the first step orders them by -W0 dL/dW).
 
-Left out from the reference: the cubic sparsity schedule with warm-ups (the density is the final
-one from step 0), soft movement (sigmoid threshold + L1 penalty), distillation.
+The cubic schedule (the reference's `schedule_threshold`, after Zhu & Gupta 2017): with
+schedule_steps T > 0 the density starts at 1 and falls to its final value d,
+
+    d_t = 1                                    t <= t_i                  (initial warm-up)
+    d_t = d + (1 - d) (1 - (t - t_i) / (T - t_i - t_f))^3                 in between
+    d_t = d                                    t > T - t_f               (final warm-up)
+
+so k_t = max(1, round(d_t |W_t|)) shrinks step by step (before_step sets it for the next step);
+schedule_steps = 0 (the default) keeps d from step 0.
+Left out from the reference: soft movement (sigmoid threshold + L1 penalty), distillation.
 Shapes: delta_t and S_t of |W_t| each; trainable = sum_t |W_t| (+ heads); nonzeros = sum_t k_t.
 """
 from __future__ import annotations
@@ -103,12 +111,21 @@ class MovementConfig:
     density: float = 0.1             # k_t / |W_t| (the README's 10% remaining weights)
     scores_lr: float = 1e-2          # the scores' own learning rate (mask_scores_learning_rate)
     score_init: float = 0.0          # mask_init="constant", mask_scale=0
+    schedule_steps: int = 0          # T of the cubic schedule from density 1 to `density` (0: none)
+    initial_warmup: int = 0          # t_i: steps at density 1 first (the reference: 1 x warmup_steps)
+    final_warmup: int = 0            # t_f: steps at the final density last (the reference: 2 x warmup_steps)
     modules_to_save: tuple = ()
 
     def __post_init__(self):
         sparse.check_density(self.density, "MovementConfig")
         if self.scores_lr < 0:
             raise ValueError(f"MovementConfig.scores_lr must be >= 0, got {self.scores_lr}")
+        for f in ("schedule_steps", "initial_warmup", "final_warmup"):
+            if not isinstance(getattr(self, f), int) or getattr(self, f) < 0:
+                raise ValueError(f"MovementConfig.{f} must be a whole number >= 0, got {getattr(self, f)!r}")
+        if self.schedule_steps and self.initial_warmup + self.final_warmup >= self.schedule_steps:
+            raise ValueError(f"MovementConfig: initial_warmup + final_warmup ({self.initial_warmup} + "
+                             f"{self.final_warmup}) must be below schedule_steps ({self.schedule_steps})")
         self.modules_to_save = tuple(self.modules_to_save)
 
 
@@ -119,11 +136,27 @@ def from_options(o) -> MovementConfig:
     return MovementConfig(modules_to_save=o.heads, **sparse.density_option(o))
 
 
+def density_at(step: int, cfg: MovementConfig) -> float:
+    """d_t of the cubic schedule (see the module doc); the final density without a schedule."""
+    T, ti, tf, d = cfg.schedule_steps, cfg.initial_warmup, cfg.final_warmup, cfg.density
+    if not T or step > T - tf:
+        return d
+    if step <= ti:
+        return 1.0
+    return d + (1.0 - d) * (1.0 - (step - ti) / (T - ti - tf)) ** 3
+
+
+def _set_k(mv, density: float) -> None:
+    for e in mv.entries:
+        e.k = sparse.n_values(e.delta.size, density)
+
+
 def add(pm, name: str, cfg: MovementConfig) -> None:
     params = matrices(pm, cfg.modules_to_save)
     if not params:
         raise ValueError("movement selection needs block weight matrices (h.<i>.attn.q.weight, ...); the model has none")
     pm.deltas[name] = Movement(params, cfg)
+    _set_k(pm.deltas[name], density_at(1, cfg))
 
 
 def formula(model_cfg, cfg: MovementConfig) -> dict:
@@ -153,13 +186,16 @@ def masks(pm, name: str) -> dict:
 
 
 def before_step(pm, name: str, step: int, optimizer) -> None:
-    """S <- S - scores_lr * dS (the STE gradient backward left in S.grad), then clear it."""
-    lr = pm.peft_config[name].scores_lr
+    """S <- S - scores_lr * dS (the STE gradient backward left in S.grad), then clear it; then
+    k_t of the next step from the schedule."""
+    cfg = pm.peft_config[name]
     for e in pm.deltas[name].entries:
         if e.scores.grad is not None:
             g = backend.to_device(e.scores.grad, dtype=e.scores.dtype)
-            e.scores.data = e.scores.data - lr * g
+            e.scores.data = e.scores.data - cfg.scores_lr * g
             e.scores.grad = None
+    if cfg.schedule_steps:
+        _set_k(pm.deltas[name], density_at(step + 1, cfg))
 
 
 def state(pm, name: str) -> dict:
@@ -171,6 +207,13 @@ def state(pm, name: str) -> dict:
 def buffers(pm, name: str) -> dict:
     mv = pm.deltas[name]
     return {f"base_model.model.{path}.movement_scores": e.scores for path, e in zip(mv.paths, mv.entries)}
+
+
+def load_state(pm, name: str, arrays: dict) -> None:
+    """load_adapter: the deltas, and k_t at the schedule's end (a saved adapter is a trained one)."""
+    for k, p in state(pm, name).items():
+        p.data = backend.to_device(arrays[k], dtype=p.dtype).copy()
+    _set_k(pm.deltas[name], pm.peft_config[name].density)
 
 
 def merge(pm, name: str) -> None:

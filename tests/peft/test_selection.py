@@ -243,3 +243,27 @@ def test_density_option(method):
     assert registry.config_from_options(method).density == registry.METHODS[method].CONFIG().density
     with pytest.raises(ValueError, match="density"):
         registry.config_from_options(method, density=0.0)
+
+
+def test_movement_cubic_schedule_shrinks_the_mask_to_its_final_density(tiny, tmp_path):
+    """The reference's schedule_threshold: 1 during the initial warm-up, a cubic fall, the final
+    density during the final warm-up; k_t of every matrix follows it while fit runs."""
+    cfg = MovementConfig(density=0.2, schedule_steps=12, initial_warmup=2, final_warmup=3)
+    d = [movement.density_at(t, cfg) for t in range(1, 14)]
+    assert d[:2] == [1.0, 1.0] and d[-4:] == [0.2] * 4
+    assert d[2] == pytest.approx(0.2 + 0.8 * (1 - 1 / 7) ** 3) and d[5] == pytest.approx(0.2 + 0.8 * (1 - 4 / 7) ** 3)
+    assert all(a >= b for a, b in zip(d, d[1:])), "never grows"
+    assert movement.density_at(5, MovementConfig(density=0.2)) == 0.2, "no schedule: the final density throughout"
+    pm = apply(tiny.model("gpt2", n_labels=3), cfg)
+    mv = pm.deltas["default"]
+    assert all(e.k == e.delta.size for e in mv.entries), "density 1 at step 1"
+    loss_fn = lambda m, _: m(tiny.ids(), tiny.ids(seed=5))[1]     # noqa: E731
+    from minipeft.train import fit
+    fit(pm, loss_fn, [None], steps=5, lr=1e-2, schedule="constant", progress=False, processes=1)
+    assert mv.entries[0].k == sparse.n_values(mv.entries[0].delta.size, d[5]), "k of step 6 after 5 steps"
+    fit(pm, loss_fn, [None], steps=12, lr=1e-2, schedule="constant", progress=False, processes=1)
+    for path, m in movement.masks(pm, "default").items():
+        assert m.sum() == sparse.n_values(m.size, 0.2), path
+    pm.save_pretrained(str(tmp_path / "mv"))
+    loaded = PeftModel.from_pretrained(tiny.model("gpt2", n_labels=3), str(tmp_path / "mv"))
+    assert [e.k for e in loaded.deltas["default"].entries] == [e.k for e in mv.entries], "loaded at the final k"
