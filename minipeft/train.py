@@ -30,6 +30,9 @@ options (`_speed_options`: malloc, data parallelism), none of which changes what
   (backend.keep_freed_memory, process-wide; handed back when it returns): every step allocates the
   same temporaries again, and handing them back to the OS and faulting them in again cost a fifth
   of the demo's time.
+- `self_ensemble=K` keeps the mean of the trained parameters over the last K steps
+  (History.averaged, put into the model with `apply_average`); `self_distill=SelfDistillation(...)`
+  adds lambda * mean (z - z_teacher)^2 with a teacher from that window (ensemble.py, Xu et al. 2020).
 - `processes=n` (n > 1, NumPy backend, Linux) trains data-parallel: n processes of one thread
   each run the forward and backward of one slice of every batch, and their gradients are added
   (minipeft.parallel; on 2 cores a step takes 0.73-0.88 of the time of minipeft's threads op by
@@ -67,6 +70,7 @@ class History:
     best: dict | None
     stopped_early: bool
     seconds: float
+    averaged: dict | None = None     # self_ensemble: {parameter name: mean over the last K steps}
 
 
 def evaluate(model, eval_fn) -> dict:
@@ -81,7 +85,8 @@ def fit(model, loss_fn: Callable, batches: Iterable, *, steps: int, lr: float = 
         params=None, optimizer=None, eval_fn: Callable | None = None, eval_every: int = 0,
         select: str | None = None, mode: str = "max", patience: int | None = None,
         on_best: Callable | None = None, log_path: str | None = None, log_every: int = 10,
-        progress: bool = True, desc: str = "train", processes: int = 1, slice_weight=None) -> History:
+        progress: bool = True, desc: str = "train", processes: int = 1, slice_weight=None,
+        self_ensemble: int | None = None, self_distill=None) -> History:
     """Train `model` for `steps` optimizer steps. Returns a History (see module docstring).
 
     params: the tensors (or AdamW parameter groups) to optimise; default: every parameter that
@@ -89,6 +94,9 @@ def fit(model, loss_fn: Callable, batches: Iterable, *, steps: int, lr: float = 
     schedule: "cosine", "linear" (both after a linear warmup) or "constant".
     processes: 1 = this process and its pool of threads; n > 1 = data-parallel over n processes.
     slice_weight: with processes > 1, the n_i of a slice (default: parallel.counted).
+    self_ensemble: K, keep the mean of the trained parameters over the last K steps
+    (History.averaged; ensemble.py). self_distill: an ensemble.SelfDistillation, whose term
+    pulls the outputs toward the teacher of its own window (one process only).
     """
     if steps <= 0:
         raise ValueError(f"fit(steps={steps}): the number of steps must be positive")
@@ -99,8 +107,12 @@ def fit(model, loss_fn: Callable, batches: Iterable, *, steps: int, lr: float = 
     if only_one:
         raise ValueError(f"fit(processes={processes}): adapter(s) {only_one} train in one process only (their "
                          f"before_step reads the whole step's gradients); pass processes=1")
+    if self_distill is not None and processes > 1:
+        raise ValueError(f"fit(self_distill=..., processes={processes}): the teacher's forward runs in this "
+                         f"process only; pass processes=1")
     optimizer, scheduler = _optimizer(model, params, optimizer, lr, weight_decay, schedule, warmup, steps)
     trained = [p for g in optimizer.param_groups for p in g["params"]]
+    window = _window(trained, self_ensemble, self_distill)
 
     model.train()
     with _speed_options(model, loss_fn, processes, slice_weight) as dp, \
@@ -110,6 +122,9 @@ def fit(model, loss_fn: Callable, batches: Iterable, *, steps: int, lr: float = 
             if dp is None:
                 loss = loss_fn(model, batch)              # forward: a scalar Tensor
                 loss = loss if aux is None else loss + aux
+                if self_distill is not None:              # + lambda * mean (z - z_teacher)^2
+                    term = self_distill.term(model, batch, window)
+                    loss = loss if term is None else loss + term
                 loss.backward()                           # adds d loss / d p into p.grad
             else:
                 loss = dp.backward(batch)                 # the same over n processes; a float
@@ -121,6 +136,8 @@ def fit(model, loss_fn: Callable, batches: Iterable, *, steps: int, lr: float = 
                 model.before_step(step, optimizer)        # a method's gradient mask (ChildTuning-F)
             optimizer.step()
             optimizer.zero_grad()
+            if window is not None:
+                window.push()                             # theta_t joins the last-K window
             if scheduler is not None:
                 scheduler.step()
             log.step(step, loss, optimizer.param_groups[0]["lr"], grad_norm, n_tokens(batch))
@@ -133,10 +150,34 @@ def fit(model, loss_fn: Callable, batches: Iterable, *, steps: int, lr: float = 
                     break
     backend.synchronize()
     return History(records=log.records, best=stopping.best, stopped_early=stopping.stopped,
-                   seconds=log.elapsed())
+                   seconds=log.elapsed(), averaged=None if window is None else window.mean_by_name(model))
 
 
 # ----------------------------------------------------------------------------- the pieces around the loop
+
+def _window(trained, self_ensemble, self_distill):
+    """The window of the last K parameter values that self-ensemble and self-distillation read."""
+    from .ensemble import ParameterWindow, SelfDistillation
+    if self_distill is not None and not isinstance(self_distill, SelfDistillation):
+        raise ValueError(f"fit(self_distill={self_distill!r}): expected an ensemble.SelfDistillation(lam, outputs_fn, k)")
+    if self_ensemble is None and self_distill is None:
+        return None
+    k = self_ensemble if self_ensemble is not None else self_distill.k
+    if self_distill is not None and self_ensemble is not None and self_distill.k != self_ensemble:
+        raise ValueError(f"fit: self_ensemble={self_ensemble} and self_distill.k={self_distill.k} must be one "
+                         f"window size (the teacher is the ensemble)")
+    return ParameterWindow(trained, k)
+
+
+def apply_average(model, averaged: dict) -> None:
+    """Put a History.averaged ({name: theta_bar}) into the model's parameters (in place)."""
+    params = dict(model.named_parameters())
+    unknown = set(averaged) - set(params)
+    if unknown:
+        raise KeyError(f"apply_average: {sorted(unknown)[:3]} are not parameters of this model")
+    for name, a in averaged.items():
+        params[name].data = a.copy()
+
 
 def _optimizer(model, params, optimizer, lr, weight_decay, schedule, warmup, steps):
     """The optimizer (AdamW over what requires grad, unless one is given) and its schedule."""
