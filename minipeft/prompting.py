@@ -25,6 +25,11 @@ the query by sentence embedding (cosine similarity; LM-BFF uses SBERT, minipeft 
 `hf.encode_sentences`); LM-BFF's "one per class from the most similar half" is `per_class=True`.
 A prompt longer than the context loses whole demonstrations first (the least similar / the last
 drawn), then the start of the query's own text: the query's label slot is never cut.
+
+Prompt-based fine-tuning (LM-BFF) trains through the LM head with no new parameters: the label
+words' logits at the slot are the classifier's logits (`prompt_batches`, `prompt_loss_fn`, with
+any PEFT method), optionally with one demonstration per class appended to every input; the label
+words can be searched automatically (`search_label_words`).
 """
 from __future__ import annotations
 
@@ -223,5 +228,122 @@ def accuracy(model, tok, template: Template, verbalizer: Verbalizer, queries: li
     return sum(p == q.label for p, q in zip(pred, queries)) / max(len(queries), 1)
 
 
+# ----------------------------------------------------------------------------- prompt-based fine-tuning (LM-BFF)
+# Fine-tuning through the LM head, no new parameters: the logits of the label words at the slot
+# are the classifier's logits, trained with cross-entropy (Gao et al. 2021, eq. 1):
+#     p(y | x) = softmax_y ( w_v(y) . h_slot )      h_slot: the hidden state where <MASK> is
+# (the encoder: the <mask> position; a decoder: the last token before the slot, which predicts it).
+
+def slot_batch(tok, prompts, labels, arch: str) -> dict:
+    """Right-padded rows of single-slot prompts (ids_before, ids_after) with the slot's position:
+    bert `<cls> before <mask> after <sep>` (slot = the mask), gpt2 `<bos> before` (slot = its last token)."""
+    hostnp = backend.host()
+    rows, slots = [], []
+    for before, after in prompts:
+        if arch == "bert":
+            rows.append([tok.cls_id] + before + [tok.mask_id] + after + [tok.sep_id])
+            slots.append(1 + len(before))
+        else:
+            rows.append([tok.bos_id] + before)
+            slots.append(len(before))
+    T = max(len(r) for r in rows)
+    ids = hostnp.full((len(rows), T), tok.pad_id, dtype=hostnp.int64)
+    mask = hostnp.zeros((len(rows), T), dtype=hostnp.int64)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)], mask[i, :len(r)] = r, 1
+    return {"ids": ids, "attention_mask": mask, "slot": hostnp.asarray(slots, dtype=hostnp.int64),
+            "labels": hostnp.asarray(labels, dtype=hostnp.int64)}
+
+
+def single_token_ids(tok, verbalizer: Verbalizer) -> list[int]:
+    """The label words' ids; prompt-based fine-tuning (as LM-BFF) needs one token per word."""
+    ids = verbalizer.token_ids(tok)
+    bad = [w for w, i in zip(verbalizer.words, ids) if len(i) != 1]
+    if bad:
+        raise ValueError(f"label words {bad} are not single tokens (' ' + word) of this tokenizer; "
+                         f"prompt-based fine-tuning scores one token per label: choose other words")
+    return [i[0] for i in ids]
+
+
+def slot_logits(model, batch):
+    """(B, V) LM logits at each row's slot."""
+    h = model.encode(batch["ids"], batch["attention_mask"])                       # (B, T, d)
+    slot = backend.to_device(batch["slot"])
+    return model.lm_logits(h[backend.xp.arange(h.shape[0]), slot])                # (B, V)
+
+
+def label_word_logits(model, batch, word_ids):
+    """(B, n_labels): the label words' logits at the slot, the logits of p(y | x) above."""
+    return slot_logits(model, batch)[:, backend.to_device(backend.host().asarray(word_ids))]
+
+
+def prompt_batches(tok, template: Template, verbalizer: Verbalizer, examples: list, batch_size: int,
+                   arch: str, n_ctx: int, seed: int = 0, demos_from: list | None = None, how: str = "random",
+                   embed=None, endless: bool = True):
+    """Shuffled batches of slot prompts for prompt-based fine-tuning. demos_from: append LM-BFF's
+    demonstrations (one per class, `choose_demonstrations(per_class=True)`), drawn again each epoch."""
+    gen = random.Random(f"minipeft-prompt-batches:{seed}")
+    epoch = 0
+    while True:
+        order = list(range(len(examples)))
+        gen.shuffle(order)
+        for s in range(0, len(order), batch_size):
+            chunk = [examples[i] for i in order[s:s + batch_size]]
+            if endless and len(chunk) < batch_size:
+                break
+            prompts = []
+            for e in chunk:
+                demos = [] if demos_from is None else choose_demonstrations(
+                    e, demos_from, 0, seed + epoch, how, embed, per_class=True, n_labels=len(verbalizer.words))
+                prompts.append(build_prompt(tok, template, e, demos, verbalizer, max_len=n_ctx - 2, arch=arch))
+            yield slot_batch(tok, prompts, [e.label for e in chunk], arch)
+        epoch += 1
+        if not endless:
+            return
+
+
+def prompt_loss_fn(word_ids):
+    """loss_fn(model, batch) for train.fit: cross-entropy of the label words' logits at the slot."""
+    return lambda model, batch: ops.cross_entropy(label_word_logits(model, batch, word_ids), batch["labels"])
+
+
+def search_label_words(model, tok, template: Template, examples: list, n_labels: int, k: int = 10,
+                       candidates=None, batch_size: int = 64) -> tuple:
+    """LM-BFF's automatic label words: for each label y the k candidate words with the largest
+    sum over y's training examples of log p(word | slot); then, of all combinations of one
+    such word per label, the one with the best zero-shot accuracy on the examples.
+    candidates: token ids to choose from (default: whole-word tokens, " " + letters, not special).
+    Returns (words, accuracy)."""
+    import itertools
+    hostnp = backend.host()
+    if candidates is None:
+        candidates = [i for i in range(7, tok.vocab_size)
+                      if (w := tok.decode([i], skip_special=False)).startswith(" ") and w[1:].isalpha()]
+    cand = hostnp.asarray(candidates, dtype=hostnp.int64)
+    logp = []                                                                   # (N, |cand|)
+    with no_grad():
+        for s in range(0, len(examples), batch_size):
+            chunk = examples[s:s + batch_size]
+            prompts = [build_prompt(tok, template, e, arch=model.config.arch, max_len=model.config.n_ctx - 2)
+                       for e in chunk]
+            b = slot_batch(tok, prompts, [0] * len(chunk), model.config.arch)
+            lp = backend.to_numpy(ops.log_softmax(slot_logits(model, b), axis=-1).data)
+            logp.append(lp[:, cand])
+    logp = hostnp.concatenate(logp)
+    labels = hostnp.asarray([e.label for e in examples])
+    top = [cand[hostnp.argsort(-logp[labels == y].sum(axis=0), kind="stable")[:k]] for y in range(n_labels)]
+    best, best_acc = None, -1.0
+    col = {int(t): j for j, t in enumerate(cand)}
+    for combo in itertools.product(*top):
+        if len(set(combo)) < n_labels:
+            continue
+        pred = logp[:, [col[int(t)] for t in combo]].argmax(axis=1)
+        acc = float((pred == labels).mean())
+        if acc > best_acc:
+            best, best_acc = combo, acc
+    return tuple(tok.decode([int(t)]).strip() for t in best), best_acc
+
+
 __all__ = ["MASK", "Template", "Verbalizer", "Example", "choose_demonstrations", "build_prompt",
-           "score_labels", "predict", "accuracy"]
+           "score_labels", "predict", "accuracy", "slot_batch", "single_token_ids", "label_word_logits",
+           "prompt_batches", "prompt_loss_fn", "search_label_words"]

@@ -124,3 +124,72 @@ def test_accuracy_is_the_share_of_argmax_scores_that_match(tok):
     preds = [numpy.argmax(s) for s in score_labels(m, tok, [build_prompt(tok, SST, q, [], WORDS) for q in queries],
                                                      WORDS)]
     assert accuracy(m, tok, SST, WORDS, queries) == numpy.mean([p == q.label for p, q in zip(preds, queries)])
+
+
+# ----------------------------------------------------------------------------- prompt-based fine-tuning (LM-BFF)
+
+def test_slot_logits_are_the_lm_logits_where_the_mask_stands(tok):
+    from minipeft.prompting import label_word_logits, single_token_ids, slot_batch
+    q = [Example("The soup was cold.", 0), Example("Lovely.", 1)]
+    ids = single_token_ids(tok, WORDS)
+    for arch in ("gpt2", "bert"):
+        m = _model(tok, arch)
+        prompts = [build_prompt(tok, SST, e, arch=arch) for e in q]
+        b = slot_batch(tok, prompts, [e.label for e in q], arch)
+        got = backend.to_numpy(label_word_logits(m, b, ids).data)
+        for i, (before, after) in enumerate(prompts):
+            row = ([tok.cls_id] + before + [tok.mask_id] + after + [tok.sep_id]) if arch == "bert" else \
+                [tok.bos_id] + before
+            slot = 1 + len(before) if arch == "bert" else len(before)
+            assert b["ids"][i, slot] == (tok.mask_id if arch == "bert" else before[-1])
+            full = backend.to_numpy(m(numpy.asarray([row]))[0].data)[0]
+            assert numpy.abs(got[i] - full[slot, ids]).max() < 1e-10
+    with pytest.raises(ValueError, match="single tokens"):
+        single_token_ids(tok, Verbalizer(("terrible", "so so")))
+
+
+def test_prompt_based_finetuning_trains_through_the_lm_head(tok):
+    from minipeft.prompting import prompt_batches, prompt_loss_fn, single_token_ids
+    from minipeft.train import fit
+    m = _model(tok, "bert")
+    train = [Example(f"The {w} was {a}.", y) for w in ("soup", "fish", "cake", "wine")
+             for a, y in (("cold", 0), ("lovely", 1))]
+    batches = list(prompt_batches(tok, SST, WORDS, train, 8, "bert", 64, endless=False))
+    loss_fn = prompt_loss_fn(single_token_ids(tok, WORDS))
+    before = float(loss_fn(m.eval(), batches[0]).item())
+    n_params = m.num_parameters()
+    fit(m, loss_fn, batches, steps=40, lr=1e-2, progress=False, processes=1)
+    assert float(loss_fn(m.eval(), batches[0]).item()) < before - 0.3
+    assert m.num_parameters() == n_params, "no new parameters: the LM head is the classifier"
+    demo_batch = next(prompt_batches(tok, SST, WORDS, train, 2, "bert", 64, demos_from=train))
+    text = tok.decode(demo_batch["ids"][0])
+    assert "it was great." in text and "it was terrible." in text, "one demonstration per class"
+
+
+class _Keyword:
+    """A stand-in model whose slot logits are known: a row containing the token of ' good' puts 5
+    on ' great' at every position, a row with ' bad' puts 5 on ' terrible'; all else is 0."""
+
+    def __init__(self, tok):
+        from types import SimpleNamespace
+        self.tok, self.config = tok, SimpleNamespace(arch="bert", n_ctx=64)
+        self.good, self.bad = tok.encode(" good")[0], tok.encode(" bad")[0]
+        self.fine, self.awful = tok.encode(" great")[0], tok.encode(" terrible")[0]
+
+    def encode(self, ids, mask):
+        from minipeft.autograd import Tensor
+        flags = numpy.stack([(ids == self.good).any(1), (ids == self.bad).any(1)], 1).astype(float)
+        return Tensor(numpy.repeat(flags[:, None, :], ids.shape[1], axis=1))         # (B, T, 2)
+
+    def lm_logits(self, h):
+        from minipeft.autograd import Tensor
+        out = numpy.zeros((h.shape[0], self.tok.vocab_size))
+        out[:, self.fine], out[:, self.awful] = 5 * h.data[:, 0], 5 * h.data[:, 1]
+        return Tensor(out)
+
+
+def test_automatic_label_words_find_the_known_answer(tok):
+    from minipeft.prompting import search_label_words
+    ex = [Example(f"It was {w} {i}.", y) for i in range(4) for w, y in (("bad", 0), ("good", 1))]
+    words, acc = search_label_words(_Keyword(tok), tok, SST, ex, 2, k=3)
+    assert words == ("terrible", "great") and acc == 1.0
