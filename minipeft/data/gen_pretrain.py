@@ -20,9 +20,34 @@ from __future__ import annotations
 import random
 import re
 
-from .gen_sentiment import _Review
+from .gen_e2e import realise, sample_mr
+from .gen_nli import GENRES as NLI_GENRES
+from .gen_nli import _Pair
+from .gen_sentiment import _Review, sst5_label
 from .gen_translation import LEXICON
-from .world import HOME_CITY, Entity, World
+from .gen_webnlg import lexicalise, sample_entry
+from .world import HOME_CITY, SEEN_CATEGORIES, UNSEEN_CATEGORIES, Entity, World
+
+ALL_CATEGORIES = SEEN_CATEGORIES + UNSEEN_CATEGORIES
+# the verdict in the words a prompt asks for (SST-5's five levels; SST-2 prompts use the ends)
+VERDICT_WORDS = ("terrible", "bad", "okay", "good", "great")
+VERDICT_FORMS = ("All in all, it was {w}.", "All in all, it was {w}.", "Overall, it was {w}.",
+                 "In short, it was {w}.", "In a word: {w}.", "My verdict: {w}.")
+# how prose says that one statement follows from, contradicts, or leaves open another
+INFERENCE_FORMS = {
+    "entailment": ("In other words, {h}.", "So {h}.", "This means that {h}.",
+                   "It follows that {h}."),
+    "contradiction": ("Some people say that {h}, but that is wrong.",
+                      "So it is false that {h}.", "Anyone who claims that {h} is mistaken.",
+                      "This rules out that {h}."),
+    "neutral": ("Whether {h} is not said.", "That does not tell us whether {h}.",
+                "It may or may not be true that {h}.", "Nothing here says whether {h}."),
+}
+INLINE_FRENCH = ("{who} asked for {en}, which the French call {fr}.",
+                 "On the menu, {en} was written as {fr}.",
+                 "The sign said {fr}, the French word for {en}.",
+                 "{who} pointed at the {en} and said {fr}, as the French do.",
+                 "In the shop, {en} was labelled {fr}.")
 
 PRICE = (("It is one of the cheaper places in town, with most meals under twenty pounds.",
           "Prices are low.", "You can eat well there for less than twenty pounds."),
@@ -326,6 +351,67 @@ class _Writer:
                 f"\"{p.pronoun.capitalize()} is {_a(f['occupation'])}, isn't {p.pronoun}?\" "
                 f"\"Yes, and a good one.\"")
 
+    # -- the downstream tasks' output language, in prose ---------------------------------------
+    # A real GPT-2 has read thousands of restaurant write-ups and encyclopedia sentences before
+    # anyone fine-tunes it on E2E or WebNLG; these genres are that reading in this world. They
+    # use the task generators' own realisers (so the register is the one the references use),
+    # on fresh random attribute subsets and triple sets; `make_pretrain` still drops every
+    # sentence of a dev or test item, so no reference a model is scored on is ever seen.
+    def guide(self) -> str:
+        """A food-guide paragraph: 1-3 venues described in E2E-reference wording."""
+        r = self.r
+        head = r.choice(("", "", f"From the {HOME_CITY} food guide.", "Where to eat this week.",
+                         "A few places worth knowing.", f"Eating out in {HOME_CITY}."))
+        texts = [realise(sample_mr(self.w, r), r) for _ in range(r.choice((1, 1, 2, 3)))]
+        return " ".join(t for t in [head] + texts if t)
+
+    def facts(self) -> str:
+        """An encyclopedia paragraph in WebNLG-lexicalisation wording, about an entity of any
+        of the 16 categories (the 5 the WebNLG task keeps for its unseen test included)."""
+        r = self.r
+        category = r.choice(ALL_CATEGORIES)
+        root, triples = sample_entry(self.w, category, set(ALL_CATEGORIES), r)
+        return lexicalise(root, triples, r)
+
+    def verdict_review(self) -> str:
+        """A review that ends by stating its verdict in one word, as a prompt would ask for it
+        ("All in all, it was great."): terrible / bad / okay / good / great by its score."""
+        r = self.r
+        rv = _Review(self.w, r)
+        sign = r.choice((-1, -1, 0, 1, 1))
+        text, score = rv.review(sign, r.random() < 0.5, intro=False)
+        word = VERDICT_WORDS[sst5_label(score)]
+        return f"{rv.intro()} {text} {r.choice(VERDICT_FORMS).format(w=word)}"
+
+    def inference(self) -> str:
+        """A statement about an entity, then what follows from it, what contradicts it, or what
+        it leaves open, said in prose (the reasoning MNLI asks for, never in its format)."""
+        r = self.r
+        # (not "telephone": its lower-case premises would slip past the dev/test filter)
+        pair = _Pair(self.w, r, r.choice([g for g in NLI_GENRES if g != "telephone"]))
+        premise = pair.premise()
+        label = r.choice(("entailment", "contradiction", "neutral"))
+        h = pair.hypothesis(label)
+        if not premise or not h:
+            return premise
+        form = r.choice(INFERENCE_FORMS[label])
+        return f"{premise} {form.format(h=h, H=h[:1].upper() + h[1:])}"
+
+    def french_inline(self) -> str:
+        """French words inside running English text ("... some cheese, fromage in French, ...")."""
+        r = self.r
+        who = r.choice(self.w.by_kind("person")).name.split()[0]
+        out = []
+        for _ in range(r.randint(2, 3)):
+            if not self.lexicon:
+                more = list(LEXICON)
+                r.shuffle(more)
+                self.lexicon += more
+            en, fr = self.lexicon.pop()
+            out.append(r.choice(INLINE_FRENCH).format(en=en, fr=fr, who=who))
+        return r.choice(("On holiday in France.", f"{who} is learning French.",
+                         "Notes from a trip to Paris.")) + " " + " ".join(out)
+
     def french(self) -> str:
         """A few English-French word pairs of the lexicon in prose (never as "en => fr")."""
         r = self.r
@@ -342,6 +428,12 @@ class _Writer:
         pairs, self.lexicon = self.lexicon[:k], self.lexicon[k:]
         lines = [r.choice(forms).format(en=en, fr=fr) for en, fr in pairs]
         return head + " " + " ".join(x[:1].upper() + x[1:] for x in lines)
+
+
+# after each entity's own document, one more document of a genre drawn with these weights
+EXTRA_GENRES = {"guide": 22, "facts": 22, "verdict_review": 14, "review": 6, "inference": 10,
+                "french_inline": 4, "french": 3, "news": 4, "dialogue": 4, "venue_list": 3,
+                "": 8}
 
 
 def make_pretrain(world: World, seed: int, banned: set[str], train_chars: int = 3_000_000,
@@ -368,12 +460,9 @@ def make_pretrain(world: World, seed: int, banned: set[str], train_chars: int = 
                     break
                 batch = [wr.venue(e) if e.kind == "venue" else
                          wr.person(e) if e.kind == "person" else wr.thing(e)]
-                x = wr.r.random()
-                extra = (wr.review if x < 0.3 else wr.news if x < 0.36 else
-                         wr.dialogue if x < 0.42 else wr.french if x < 0.47 else
-                         wr.venue_list if x < 0.5 else None)
-                if extra is not None:
-                    batch.append(extra())
+                extra = wr.r.choices(list(EXTRA_GENRES), list(EXTRA_GENRES.values()))[0]
+                if extra:
+                    batch.append(getattr(wr, extra)())
                 for d in batch:
                     kept = " ".join(s for s in sentences(d) if not mentions_banned(s, banned))
                     if not kept or kept in seen:
@@ -383,3 +472,40 @@ def make_pretrain(world: World, seed: int, banned: set[str], train_chars: int = 
                     size += len(kept.encode("utf-8")) + 2
         out[split] = docs
     return out
+
+
+# domain corpora for domain-adaptive pretraining (DAPT, Gururangan et al. 2020): one genre of the
+# world, far more of it than the base corpus holds, and a control that has nothing to do with the tasks
+DOMAINS = {
+    "reviews": ("verdict_review", "review"),       # the sentiment tasks' domain
+    "venues": ("guide", "venue"),                  # the E2E domain
+    "astronomy": ("asteroid", "asteroid_facts"),   # irrelevant to every task: the control
+}
+
+
+def make_domain(world: World, domain: str, seed: int, banned: set[str], chars: int = 1_000_000) -> list[str]:
+    """About `chars` characters of documents of one domain (DOMAINS), from its own random
+    stream, without any sentence of a dev or test item (as make_pretrain)."""
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown domain {domain!r}; choose one of {sorted(DOMAINS)}")
+    wr = _Writer(world, random.Random(f"minipeft-domain:{domain}:{seed}"))
+    venues, bodies = world.by_kind("venue"), world.by_kind("body")
+    docs, seen, size, misses = [], set(), 0, 0
+    while size < chars:
+        genre = wr.r.choice(DOMAINS[domain])
+        if genre == "asteroid_facts":         # WebNLG wording about one asteroid, its triples drawn
+            root, triples = sample_entry(world, "CelestialBody", {"CelestialBody"}, wr.r)
+            d = lexicalise(root, triples, wr.r)
+        else:
+            d = (wr.venue(wr.r.choice(venues)) if genre == "venue" else
+                 wr.thing(wr.r.choice(bodies)) if genre == "asteroid" else getattr(wr, genre)())
+        kept = " ".join(x for x in sentences(d) if not mentions_banned(x, banned))
+        if kept and kept not in seen:
+            seen.add(kept)
+            docs.append(kept)
+            size += len(kept.encode("utf-8")) + 2
+            misses = 0
+        elif (misses := misses + 1) > 2000:
+            raise ValueError(f"the {domain!r} domain ran out of new documents at {size:,} characters; "
+                             f"ask for fewer (chars={chars:,})")
+    return docs

@@ -37,6 +37,27 @@ def words(text: str) -> list[str]:
     return [w.lower() for w in WORD.findall(text)]
 
 
+def ngrams(text: str, n: int = 4) -> list:
+    """The word n-grams of a text (words as `words` splits them), in order."""
+    w = words(text)
+    return [tuple(w[i:i + n]) for i in range(len(w) - n + 1)]
+
+
+def ngram_index(corpus_docs, n: int = 4) -> set:
+    """Every word n-gram of the corpus (build once, pass to ngram_coverage as `known`)."""
+    return {g for d in corpus_docs for g in ngrams(d, n)}
+
+
+def ngram_coverage(texts, corpus_docs=None, n: int = 4, known: set | None = None) -> float:
+    """Register coverage: the fraction of the word n-grams of `texts` (counted with repeats)
+    that occur somewhere in the corpus (its docs, or its ngram_index `known`). 1.0 means every
+    4-word phrase of the references has been read in pretraining; exact-sentence overlap is a
+    separate check (it must stay 0)."""
+    known = ngram_index(corpus_docs, n) if known is None else known
+    wanted = [g for t in texts for g in ngrams(t, n)]
+    return sum(g in known for g in wanted) / max(len(wanted), 1)
+
+
 def _lengths(texts) -> str:
     n = [len(words(t)) for t in texts]
     return f"{min(n)} / {statistics.median(n):g} / {max(n)}"
@@ -168,7 +189,45 @@ def statistics_md(tasks: dict, out: Path) -> str:
         add(f"| {s} | {len(docs)} | {sum(len(words(d)) for d in docs)} | "
             f"{sum(len(d) for d in docs)} | {_lengths(docs)} | {size(f'pretrain/{s}.txt')} |")
     add(f"\nVocabulary: {_vocab(tasks['pretrain']['train'])} word types (train).\n")
+    add("Register coverage: how much of the tasks' output language the corpus has read. "
+        "4-gram coverage is the share of the references' word 4-grams (with repeats) that occur "
+        "somewhere in `pretrain/train.txt`; whole references and sentences found in it must be 0 "
+        "(the generator drops every sentence of a dev or test item). The corpus before the tasks' genres were "
+        "added (3 MB, commit 226d1f2) covered 9.4% / 7.6% / 10.1% of these 4-grams.\n")
+    add("| references | texts | word 4-gram coverage | whole texts in the corpus | sentences in the corpus |")
+    add("|---|---|---|---|---|")
+    known = ngram_index(tasks["pretrain"]["train"])
+    for name, texts in register_texts(tasks).items():
+        cov = register_coverage(texts, tasks["pretrain"]["train"], known)
+        add(f"| {name} | {len(texts)} | {cov['coverage']:.1%} | {cov['texts_found']} | {cov['sentences_found']} |")
+    add("")
     return "\n".join(L)
+
+
+def register_texts(tasks: dict) -> dict[str, list[str]]:
+    """The reference texts whose register the corpus should know: E2E dev, WebNLG dev (seen
+    categories), WebNLG test entries of the five unseen categories."""
+    unseen = set(UNSEEN_CATEGORIES)
+    return {"E2E dev": [r for _, refs in tasks["e2e"]["dev"] for r in refs],
+            "WebNLG dev": [x for e in tasks["webnlg"]["dev"] for x in e.lexes],
+            "WebNLG test, unseen categories": [x for e in tasks["webnlg"]["test"] if e.category in unseen
+                                               for x in e.lexes]}
+
+
+def register_coverage(texts, corpus_docs, known: set | None = None) -> dict:
+    """4-gram coverage of `texts` by the corpus; the sentences of `texts` that occur verbatim in
+    it (as a corpus sentence or the end of one); and the texts all of whose sentences occur (an
+    upper bound on the texts found verbatim)."""
+    from .gen_pretrain import sentences
+    wanted = {s for t in texts for s in sentences(t)}
+    found = set()
+    for d in corpus_docs:
+        for c in sentences(d):
+            # a sentence starts with a capital, a digit or a quote (see gen_pretrain.mentions_banned)
+            found |= {c[i:] for i in range(len(c)) if (i == 0 or c[i - 1] == " " and (
+                c[i].isupper() or c[i].isdigit() or c[i] in "\"'")) and c[i:] in wanted}
+    return {"coverage": ngram_coverage(texts, corpus_docs, known=known), "sentences_found": len(found),
+            "texts_found": sum(all(s in found for s in sentences(t)) for t in texts)}
 
 
 NEGATION = re.compile(r"\bnot\b|n't\b|\bnever\b|\bnothing\b|\bno\b|anything but", re.I)
@@ -181,9 +240,11 @@ by
 
     python -m minipeft.data.generate --out data --seed {seed}
 
-in a few seconds on one CPU core (pure Python, no downloads). The same seed gives byte-identical files;
-`MANIFEST.sha256` holds their sha256 (check with `python -m minipeft.data.generate --out data --check`
-or `cd data && sha256sum -c MANIFEST.sha256`). The tests regenerate the data and compare.
+in about 15 seconds on one CPU core (pure Python, no downloads). The same seed gives byte-identical
+files; `MANIFEST.sha256` holds their sha256 (check with `python -m minipeft.data.generate --out data
+--check` or `cd data && sha256sum -c MANIFEST.sha256`). The tests regenerate the data and compare.
+`pretrain/train.txt` (9 MB) is not committed: `minipeft pretrain` and the tests that need it write it
+on first use (`generate.pretrain_corpus`, checked against the manifest).
 
 All corpora and tasks describe one synthetic **world** (`minipeft/data/world.py`): a town called
 Millbrook with {venues} restaurants, pubs and coffee shops, {people} people, {cities} cities in {countries}
@@ -202,7 +263,7 @@ world's true facts (only MNLI hypotheses are, by design, sometimes false).
 | `sst5/{{train,dev,test}}.tsv` | same layout, label 0-4 (very negative .. very positive) | as SST-2, five classes | `gen_sentiment.py` |
 | `mnli/{{train,dev_matched,test}}.tsv` | GLUE MNLI columns `index genre sentence1 sentence2 gold_label` | premise from world facts, one hypothesis per label | `gen_nli.py` |
 | `translation/en_fr.tsv` | TSV, header `en<TAB>fr` | English-French word pairs for in-context learning | `gen_translation.py` |
-| `pretrain/{{train,valid}}.txt` | plain text, one document per paragraph, blank line between | guidebook entries, biographies, encyclopedia entries, news, dialogues, reviews, French lessons | `gen_pretrain.py` |
+| `pretrain/{{train,valid}}.txt` | plain text, one document per paragraph, blank line between | guidebook entries, biographies, encyclopedia entries, news, dialogues, reviews, French lessons; and the tasks' output language in prose: food-guide write-ups in E2E wording, encyclopedia sentences in WebNLG wording (all 16 categories), reviews ending in a one-word verdict ("All in all, it was great."), statements with what follows from them, contradicts them or leaves open, French words in running text | `gen_pretrain.py` |
 | `MANIFEST.sha256` | `sha256sum` format | checksums of the files above | `generate.py` |
 
 Unlike the real files, every test split here carries its labels/references (the real GLUE test
@@ -259,6 +320,34 @@ def generate_all(out: str | os.PathLike, seed: int = 0, write_readme: bool = Tru
     return hashes
 
 
+def pretrain_corpus(data_dir: str | os.PathLike = "data", seed: int = 0) -> Path:
+    """The folder holding pretrain/{train,valid}.txt, writing them first if they are missing.
+
+    The 9 MB training corpus is not committed (it is generated deterministically in about 15
+    seconds); MANIFEST.sha256 holds its checksum, and the written files are checked against it
+    so that a model is never pretrained on a corpus that differs from the shipped models'."""
+    folder = Path(data_dir) / "pretrain"
+    files = [folder / f"{s}.txt" for s in ("train", "valid")]
+    if all(f.exists() for f in files):
+        return folder
+    print(f"writing the pretraining corpus into {folder} (generated from seed {seed}, ~15 s) ...")
+    from .formats import write_corpus
+    tasks = build_tasks(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    want = read_manifest(Path(data_dir) / "MANIFEST.sha256") if (Path(data_dir) / "MANIFEST.sha256").exists() else {}
+    for f in files:
+        tmp = f.with_suffix(".txt.tmp")
+        write_corpus(tmp, tasks["pretrain"][f.stem])
+        rel = f"pretrain/{f.name}"
+        if rel in want and sha256(tmp) != want[rel]:
+            tmp.unlink()
+            raise RuntimeError(f"the generated {rel} does not match {data_dir}/MANIFEST.sha256: the "
+                               "generator changed since the manifest was written; regenerate all data with "
+                               f"python -m minipeft.data.generate --out {data_dir}")
+        os.replace(tmp, f)
+    return folder
+
+
 def read_manifest(path: str | os.PathLike) -> dict[str, str]:
     """{relative path: sha256} from a MANIFEST.sha256 file."""
     out = {}
@@ -276,7 +365,27 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="world and task seed (default: 0)")
     ap.add_argument("--check", action="store_true",
                     help="regenerate in a temporary folder and compare with OUT/MANIFEST.sha256")
+    ap.add_argument("--domain", default=None,
+                    help="write a domain corpus (reviews, venues, astronomy) for continued pretraining instead")
+    ap.add_argument("--chars", type=int, default=1_000_000, help="--domain: its size in characters")
+    ap.add_argument("--domain-out", default=None, help="--domain: the file to write (default OUT/domain-NAME.txt)")
     args = ap.parse_args(argv)
+    if args.domain:
+        from .formats import write_corpus
+        from .gen_pretrain import make_domain, sentences
+        from .tasks import eval_texts
+        tasks = build_tasks(args.seed, pretrain=False)
+        banned = {s for t in eval_texts(tasks) for s in sentences(t)}
+        from .world import build_world
+        docs = make_domain(build_world(args.seed), args.domain, args.seed, banned, args.chars)
+        path = args.domain_out or os.path.join(args.out, f"domain-{args.domain}.txt")
+        if os.path.exists(path):
+            print(f"error: {path} exists; pass another --domain-out (nothing was overwritten)", file=sys.stderr)
+            return 2
+        write_corpus(path + ".tmp", docs)
+        os.replace(path + ".tmp", path)
+        print(f"wrote {len(docs)} {args.domain} documents to {path}")
+        return 0
     if args.check:
         manifest = Path(args.out) / "MANIFEST.sha256"
         if not manifest.exists():

@@ -33,7 +33,7 @@ from .world import World, build_world
 
 SIZES = {"e2e": (4000, 300, 300), "webnlg": (3000, 300, 600), "sst2": (5000, 500, 500),
          "sst5": (5000, 500, 500), "mnli": (6000, 600, 600)}
-PRETRAIN_CHARS = (3_000_000, 200_000)
+PRETRAIN_CHARS = (9_000_000, 300_000)
 
 
 def eval_texts(tasks: dict) -> list[str]:
