@@ -159,9 +159,10 @@ def reference_loss(model, tok, task: str, split: str = "dev", max_texts: int | N
 # ----------------------------------------------------------------------------- 2. linear probe
 
 def sst2_features(model, tok, examples, features=("mean",), batch_size: int = 64) -> dict:
-    """Frozen features of `<cls> sentence <sep>` (tasks.cls_batches, as the "sst2" head task reads
-    it): {kind: host float64 array (N, d)} for kind in "cls" (encoder: tanh(pooler(h[:, 0]))),
-    "mean" (mean over the real tokens), "last" (the last real token's hidden state)."""
+    """Frozen features of `<cls> sentence <sep>` for the encoder (tasks.cls_batches, as the "sst2"
+    head task reads it) and of `<bos> sentence` for a decoder (as it read text in pretraining):
+    {kind: host float64 array (N, d)} for kind in "cls" (encoder: tanh(pooler(h[:, 0]))), "mean"
+    (mean over the real tokens), "last" (the last real token's hidden state)."""
     hostnp = backend.host()
     if "cls" in features and model.config.arch != "bert":
         raise ValueError("feature 'cls' is the encoder's pooled [CLS] vector; a decoder has no pooler: "
@@ -170,8 +171,16 @@ def sst2_features(model, tok, examples, features=("mean",), batch_size: int = 64
     if unknown:
         raise ValueError(f"unknown probe feature(s) {sorted(unknown)}; choose from 'cls', 'mean', 'last'")
     out = {f: [] for f in features}
+    if model.config.arch == "bert":
+        batches = cls_batches(tok, examples, batch_size, model.config.n_ctx, seed=None, endless=False)
+    else:                     # a decoder reads text as it was pretrained on it: <bos> sentence
+        batches = []
+        for chunk in _chunks(examples, batch_size):
+            ids, mask = _pad([[tok.bos_id] + tok.encode(e.sentence)[:model.config.n_ctx - 1] for e in chunk],
+                             tok.pad_id)
+            batches.append({"ids": ids, "attention_mask": mask})
     with no_grad():
-        for b in cls_batches(tok, examples, batch_size, model.config.n_ctx, seed=None, endless=False):
+        for b in batches:
             mask = b["attention_mask"]                                       # (B, T)
             h = model.encode(b["ids"], mask)                                 # (B, T, d)
             for f in features:
@@ -315,12 +324,13 @@ def translation_pairs(path: str = TRANSLATION_FILE) -> list:
     return read_pairs_tsv(path)
 
 
-def translation_prompts(pairs, k: int, n_queries: int, seed: int = 0, sep: str = "\n") -> list:
+def translation_prompts(pairs, k: int, n_queries: int, seed: int = 0, sep: str = ". ") -> list:
     """[(prompt text, answer)] for n_queries queries, each with k demonstrations, as text:
 
-        Translate English to French:
-        cheese => fromage          (k lines)
-        bread =>
+        Translate English to French: cheese => fromage. sea => mer. bread =>
+
+    ("=>" never occurs in the corpus: the format is new; the separator ". " is the one the corpus
+    uses most. A newline, GPT-3's separator, is a byte the shipped models never read.)
 
     The queries are the first n_queries of a permutation of `pairs` seeded `seed`; each query's
     demonstrations are the first k of a seeded permutation of the other pairs (none with the
@@ -333,8 +343,8 @@ def translation_prompts(pairs, k: int, n_queries: int, seed: int = 0, sep: str =
         en, fr = pairs[q]
         others = [i for i, (e, f) in enumerate(pairs) if e != en and f != fr]
         demos = [pairs[others[j]] for j in gen.permutation(len(others))[:k]]
-        lines = [TASK_LINE] + [f"{e} => {f}" for e, f in demos] + [f"{en} =>"]
-        out.append((sep.join(lines), fr))
+        items = [f"{e} => {f}" for e, f in demos] + [f"{en} =>"]
+        out.append((TASK_LINE + " " + sep.join(items), fr))
     return out
 
 
@@ -345,7 +355,7 @@ def first_word(text: str) -> str:
 
 
 def translation_icl(model, tok, shots=(0, 1, 4), n_queries: int = DEFAULTS["n_queries"], seed: int = 0,
-                    pairs=None, sep: str = "\n") -> dict | None:
+                    pairs=None, sep: str = ". ") -> dict | None:
     """Exact-match accuracy of in-context word translation, {str(k): {"accuracy", "n", "examples"}}
     for each k in shots: greedy decoding of a few tokens (enough for the longest French word, + 1)
     after each translation_prompts prompt, the first word compared with the answer.
@@ -384,11 +394,11 @@ def heldout_now(model, tok, data_dir: str | None = None) -> float | None:
     with this tokenizer (None without data_dir/pretrain/valid.txt). Far from metrics.json's
     heldout_loss, the tokenizer or corpus changed since the model was trained, and every number here
     reads the model through the wrong tokens."""
-    from .pretrain import heldout_batches, heldout_loss, token_stream
+    from .pretrain import heldout_loss, heldout_set
     path = os.path.join(data_dir or DATA, "pretrain", "valid.txt")
     if not os.path.isfile(path):
         return None
-    batches = heldout_batches(token_stream(tok, path), tok, model.config.arch, model.config.n_ctx)
+    batches = heldout_set(tok, model.config.arch, model.config.n_ctx, path)
     with no_grad():
         return heldout_loss(model, batches)
 
@@ -495,6 +505,57 @@ def read_capability(name_or_dir: str) -> dict | None:
         return json.load(f)
 
 
+# ----------------------------------------------------------------------------- 6. the data card
+
+CARD_BEGIN, CARD_END = "<!-- checkpoint tables: begin (minipeft capability --card) -->", \
+    "<!-- checkpoint tables: end -->"
+GOALS = {"ratio": 1.5, "encoder_probe": 0.80}
+
+
+def card_tables(names=("gpt2-s", "gpt2-m", "gpt2-l", "bert-m")) -> str:
+    """The checkpoint tables of data/README.md, read from each checkpoint's metrics.json and
+    capability.json (never written by hand: a test compares the README with this)."""
+    rows_t = ["| preset | layout | d / layers / heads / context | parameters | steps run (best) of max | lr | "
+              "held-out loss | unigram | trained | file |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows_c = ["| model | held-out | E2E refs (ratio) | WebNLG refs (ratio) | frozen probe, SST-2 dev | keyword | "
+              "zero-shot SST-2 (positive) | translation 0 / 1 / 4-shot |", "|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        d = checkpoint_dir(name)
+        with open(os.path.join(d, "metrics.json"), encoding="utf-8") as f:
+            m = json.load(f)
+        with open(os.path.join(d, "config.json"), encoding="utf-8") as f:
+            c = json.load(f)
+        size = os.path.getsize(os.path.join(d, "model.safetensors")) / 2 ** 20
+        layout = "GPT-2 decoder" if m["arch"] == "gpt2" else "BERT encoder (MLM + NSP)"
+        minutes = m.get("total_seconds", m["seconds"]) / 60
+        rows_t.append(f"| {name} | {layout} | {c['d_model']} / {c['n_layer']} / {c['n_head']} / {c['n_ctx']} | "
+                      f"{m['params']:,} | {m['steps']} ({m['best_step']}) of {m['max_steps']} | {m['lr']:g} | "
+                      f"{m['heldout_loss']:.3f} | {m['unigram_loss']:.3f} | {minutes:.0f} min, {m['machine']} | "
+                      f"{size:.1f} MB |")
+        cap = read_capability(d)
+        if cap is None:
+            rows_c.append(f"| {name} | (no capability.json: run `minipeft capability {name} --write`) |||||||")
+            continue
+        ref = cap["reference_loss"]
+        probe = ", ".join(f"{f} {r['dev_accuracy']:.1%}" for f, r in cap["linear_probe"].items())
+        z = cap["zero_shot_sst2"]
+        icl = cap["translation_icl"]
+        icl_s = "n/a (encoder)" if "skipped" in icl else " / ".join(f"{r['accuracy']:.0%}" for r in icl.values())
+        rows_c.append(f"| {name} | {cap['heldout_loss']:.3f} | {ref['e2e']['loss']:.3f} ({ref['e2e']['ratio_to_heldout']:.2f}) | "
+                      f"{ref['webnlg']['loss']:.3f} ({ref['webnlg']['ratio_to_heldout']:.2f}) | {probe} | "
+                      f"{cap['keyword_baseline']['dev_accuracy']:.1%} | {z['accuracy']:.1%} ({z['positive_fraction']:.0%}) | "
+                      f"{icl_s} |")
+    return "\n".join([CARD_BEGIN, "", *rows_t, "", *rows_c, "", CARD_END])
+
+
+def card_section(readme_text: str) -> str | None:
+    """The text between the card markers of a README (None without them)."""
+    if CARD_BEGIN not in readme_text or CARD_END not in readme_text:
+        return None
+    a = readme_text.index(CARD_BEGIN)
+    return readme_text[a:readme_text.index(CARD_END) + len(CARD_END)]
+
+
 # ----------------------------------------------------------------------------- the command line
 
 def format_table(res: dict) -> str:
@@ -534,6 +595,11 @@ def format_table(res: dict) -> str:
 def capability_cli(a) -> None:
     """`minipeft capability MODEL [--json] [--write [--overwrite]] [--fast] [--data DIR]`."""
     import sys
+    if a.card:
+        print(card_tables())
+        return
+    if not a.model:
+        raise ValueError("minipeft capability: name a model (a shipped preset or a checkpoint directory), or pass --card")
     if a.write:
         check_writable(a.model, a.overwrite)          # refused before any work
     res = measure(a.model, fast=a.fast, settings={"seed": a.seed}, data_dir=a.data)

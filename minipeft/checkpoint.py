@@ -95,6 +95,15 @@ def _json_default(obj):
                     f"must hold numbers, strings, booleans, None, lists and dicts")
 
 
+def write_text_atomic(path, text: str) -> None:
+    """Write a UTF-8 text file atomically (a reader sees the old file or the new one, never half)."""
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+    _atomic_write(path, write)
+
+
 def write_json_atomic(path, obj) -> None:
     """Write `obj` as indented JSON to `path`, atomically. Dataclasses, NumPy scalars and paths are
     converted; anything else that JSON cannot hold raises TypeError before any file is touched."""

@@ -78,12 +78,15 @@ def _cmd_pretrain(a):
     from . import use
     from .pretrain import pretrain
     use(a.backend)
-    out = a.out or os.path.join("data", "checkpoints", a.preset)
+    from .tasks import new_run_dir
+    out = a.out or new_run_dir("pretrain", a.preset)        # runs/pretrain-gpt2-m, -2, ...
     if os.path.exists(os.path.join(out, "model.safetensors")) and not a.overwrite:
         raise ValueError(f"{out} holds a checkpoint already (the shipped one, or an earlier run); pass "
-                         "--overwrite to replace it, or --out DIR for a new folder")
+                         "--overwrite to replace it, or leave out --out for a new folder under runs/")
+    print(f"pretraining {a.preset} into {out}")
     m = pretrain(a.preset, out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
-                 eval_every=a.eval_every, progress=not a.quiet, init_from=a.init_from)
+                 eval_every=a.eval_every, progress=not a.quiet, init_from=a.init_from,
+                 patience=a.patience, processes=a.processes, corpus_file=a.corpus)
     print(json.dumps(m, indent=1))
 
 
@@ -180,9 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--eval-every", type=int, default=250)
-    t.add_argument("--out", default=None, help="output directory (default data/checkpoints/PRESET)")
+    t.add_argument("--out", default=None, help="output directory (default: a new folder runs/pretrain-PRESET[-N]); "
+                   "the shipped ones are data/checkpoints/PRESET, replaced only with --overwrite")
+    t.add_argument("--patience", type=int, default=None,
+                   help="stop after this many evaluations without a better held-out loss, keep the best")
+    t.add_argument("--processes", type=int, default=None,
+                   help="data-parallel processes (default: one per usable core)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
-    t.add_argument("--init-from", default=None, help="continue from this checkpoint directory (a second stage)")
+    t.add_argument("--init-from", default=None,
+                   help="continue from this checkpoint (a directory or a shipped name: a second stage, DAPT/TAPT)")
+    t.add_argument("--corpus", default=None,
+                   help="continue on this text file instead of data/pretrain (documents separated by blank lines)")
     t.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
     common(t)
     t.set_defaults(fn=_cmd_pretrain)
@@ -242,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("capability", help="what a frozen checkpoint already knows: reference loss, linear "
                        "probe, zero-shot SST-2, in-context translation")
-    k.add_argument("model", help="a shipped preset name or a checkpoint directory")
+    k.add_argument("model", nargs="?", help="a shipped preset name or a checkpoint directory")
+    k.add_argument("--card", action="store_true", help="print data/README.md's checkpoint tables, read from "
+                   "every shipped checkpoint's metrics.json and capability.json")
     k.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     k.add_argument("--write", action="store_true", help="also write capability.json into the checkpoint folder")
     k.add_argument("--overwrite", action="store_true", help="--write: replace a capability.json in data/checkpoints")

@@ -207,16 +207,17 @@ def test_translation_prompts_never_show_the_answer_and_are_seeded():
         assert prompts == translation_prompts(pairs, k, 80, seed=3)
         assert prompts != translation_prompts(pairs, k, 80, seed=4)
         for text, answer in prompts:
-            lines = text.split("\n")
-            assert lines[0] == capability.TASK_LINE and lines[-1].endswith(" =>") and len(lines) == k + 2
+            assert text.startswith(capability.TASK_LINE + " ")
+            lines = text[len(capability.TASK_LINE) + 1:].split(". ")
+            assert lines[-1].endswith(" =>") and len(lines) == k + 1 and "\n" not in text
             query = lines[-1][:-len(" =>")]
             assert (query, answer) in pairs
-            for demo in lines[1:-1]:
+            for demo in lines[:-1]:
                 en, fr = demo.split(" => ")
                 assert fr != answer and en != query, (query, answer, demo)
     one, four = translation_prompts(pairs, 1, 20, seed=0), translation_prompts(pairs, 4, 20, seed=0)
     for (t1, a1), (t4, a4) in zip(one, four):                 # same queries; the 1 demo is the first of the 4
-        assert a1 == a4 and t1.split("\n")[1] == t4.split("\n")[1]
+        assert a1 == a4 and t1.split(". ")[0] == t4.split(". ")[0]
 
 
 # ----------------------------------------------------------------------------- (f) the command line

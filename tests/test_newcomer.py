@@ -186,8 +186,19 @@ def test_ctrl_c_in_pretrain_is_one_line(tmp_path, monkeypatch, capsys):
 
 @needs_gpt2s
 def test_pretrain_does_not_replace_a_shipped_checkpoint_unasked(capsys):
-    code, out, err = _main(["pretrain", "--preset", "gpt2-s", "--steps", "1"], capsys)
+    code, out, err = _main(["pretrain", "--preset", "gpt2-s", "--steps", "1", "--out",
+                            os.path.join("data", "checkpoints", "gpt2-s")], capsys)
     assert code == 2 and "holds a checkpoint already" in err and "--overwrite" in err, err
+
+
+def test_pretrain_writes_a_new_folder_under_runs_by_default(tmp_path, monkeypatch, capsys):
+    import minipeft.pretrain
+    seen = []
+    monkeypatch.setattr(minipeft.pretrain, "pretrain", lambda preset, out, **kw: seen.append(out) or {})
+    monkeypatch.chdir(tmp_path)
+    os.makedirs(os.path.join("runs", "pretrain-gpt2-s"))          # an earlier run: kept
+    assert _main(["pretrain", "--preset", "gpt2-s", "--steps", "1"], capsys)[0] == 0
+    assert seen == [os.path.join("runs", "pretrain-gpt2-s-2")]
 
 
 # ----------------------------------------------------------------------------- minipeft generate --adapter
