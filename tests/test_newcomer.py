@@ -141,7 +141,7 @@ def test_each_finetune_run_gets_its_own_folder_and_says_where(tmp_path, monkeypa
     (["--eval-every", "-1"], ["--eval-every -1", ">= 0"]),
     (["--out", "FILE/run"], ["is a file", "FILE"]),
     (["--out", "FILE"], ["is a file, not a folder"]),
-    (["--method", "prompt", "--length", "200"], ["--length 200", "128 context positions", "--length 65"]),
+    (["--method", "prompt", "--length", "250"], ["--length 250", "256 context positions", "--length 193"]),
 ])
 def test_bad_finetune_input_is_one_line_before_any_work(extra, words, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
