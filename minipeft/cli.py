@@ -238,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--eval-size", type=int, default=100)
     f.add_argument("--eval-every", type=int, default=100)
     f.add_argument("--patience", type=int, default=None)
+    f.add_argument("--self-ensemble", type=int, default=None, metavar="K",
+                   help="also evaluate the mean of the trained parameters over the last K steps (self-ensemble)")
     f.add_argument("--data", default=None, metavar="DIR",
                    help="read the task from DIR, a folder laid out like data/ (e.g. DIR/e2e/train.csv,"
                         " or the real releases' names: DIR/e2e/trainset.csv ...); default: data/")

@@ -385,6 +385,7 @@ class FinetuneResult:
     seconds: float
     best_step: int | None
     examples: list = field(default_factory=list)   # (source, before, after) triples for generation
+    averaged: dict | None = None                    # self_ensemble: dev metrics of the averaged parameters
 
 
 def finetune(task: str, peft_config, model_name: str | None = None, steps: int = 300, batch_size: int = 16,
@@ -392,7 +393,7 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
              eval_every: int = 100, patience: int | None = None, out_dir: str | None = None,
              seed: int = 0, progress: bool = True, show: int = 0, verbose: bool = True,
              processes: int | None = None, data_dir: str | None = None,
-             overwrite: bool = False) -> FinetuneResult:
+             overwrite: bool = False, self_ensemble: int | None = None) -> FinetuneResult:
     """Fine-tune a shipped model on `task` with `peft_config`; keep and save the best adapter.
     processes: None (default) = one process per usable core where data parallelism is supported
     (parallel.default_processes: Linux, NumPy), the same result to rounding as 1; 1 = one process;
@@ -401,13 +402,19 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
     DIR/e2e/train.csv, or with the real releases' file names; see SPLIT_FILES) instead of the
     shipped data/.
     out_dir: where the run goes (default: a new folder under runs/, see new_run_dir); one that holds
-    an earlier run is refused unless overwrite=True. Every bad option is reported before any work."""
+    an earlier run is refused unless overwrite=True. Every bad option is reported before any work.
+    self_ensemble: K, also evaluate the mean of the trained parameters over the last K steps as a
+    model of its own (ensemble.py; result.averaged and result.json "averaged"); the saved adapter
+    stays the best evaluation's."""
     from .hf import load_pretrained as load_model_and_tokenizer
     from .peft import apply
     from .peft.registry import method_of
     if task not in GEN_TASKS + CLS_TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {GEN_TASKS + CLS_TASKS}")
     _check_run_options(steps, batch_size, train_size, eval_size, eval_every, patience)
+    if self_ensemble is not None and (isinstance(self_ensemble, bool) or not isinstance(self_ensemble, int)
+                                      or not 1 <= self_ensemble <= steps):
+        raise ValueError(f"--self-ensemble {self_ensemble!r}: expected a whole number of steps from 1 to --steps ({steps})")
     from .parallel import check_supported, default_processes
     method = method_of(peft_config)
     if processes is None and getattr(method, "ONE_PROCESS", False):
@@ -482,7 +489,7 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
                    schedule="linear", eval_fn=lambda m: {k: v for k, v in evaluate(m).items() if k != "outputs"},
                    eval_every=eval_every, select=select, mode="max", patience=patience, on_best=keep_best,
                    log_path=os.path.join(out_dir, "log.jsonl"), progress=progress,
-                   desc=f"{task} {peft_config.method}", processes=processes)
+                   desc=f"{task} {peft_config.method}", processes=processes, self_ensemble=self_ensemble)
     except KeyboardInterrupt:
         if kept:
             raise FinetuneInterrupted(f"interrupted: kept the best adapter so far (step {kept['step']}, dev "
@@ -494,6 +501,17 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
         pm.save_pretrained(out_dir)
     # counted while training: the best adapter reloaded below comes back frozen (is_trainable=False)
     s = pm.trainable_summary() if pm.peft_config else {"trainable": 0, "total": pm.num_parameters()}
+    averaged = None
+    if hist.averaged is not None:        # the self-ensemble, evaluated as its own model
+        from .train import apply_average
+        last = {n: p.data for n, p in pm.named_parameters() if n in hist.averaged}
+        apply_average(pm, hist.averaged)
+        pm.eval()
+        with no_grad():
+            averaged = {k: v for k, v in evaluate(pm).items() if k != "outputs"}
+        apply_average(pm, last)
+        if verbose:
+            print(f"self-ensemble (mean of the last {self_ensemble} steps): " + _fmt(averaged))
     # reload the best adapter (the last step is not necessarily the best)
     if hist.best is not None and hist.best["step"] != steps and not getattr(method, "EXCLUSIVE", False):
         from .peft import PeftModel
@@ -505,7 +523,8 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
     summary = {k: v for k, v in after.items() if k != "outputs"}
     with open(os.path.join(out_dir, "result.json"), "w", encoding="utf-8") as f:
         json.dump({"task": task, "method": peft_config.method, "before": {k: v for k, v in before.items() if k != "outputs"},
-                   "after": summary, "best": hist.best, "seconds": time.perf_counter() - t0}, f, indent=1)
+                   "after": summary, "best": hist.best, "averaged": averaged,
+                   "seconds": time.perf_counter() - t0}, f, indent=1)
     if verbose:
         print("after:  " + _fmt(after))
         best = f"best dev {select} at step {hist.best['step']}" if hist.best else "the last step"
@@ -515,7 +534,7 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
     if not is_cls:
         examples = [(dev[i].source, before["outputs"][i], after["outputs"][i]) for i in range(min(show, len(dev)))]
     return FinetuneResult(task, peft_config.method, before, after, s["trainable"], s["total"],
-                          time.perf_counter() - t0, hist.best["step"] if hist.best else None, examples)
+                          time.perf_counter() - t0, hist.best["step"] if hist.best else None, examples, averaged)
 
 
 # ----------------------------------------------------------------------------- the run folder
@@ -638,6 +657,7 @@ def finetune_cli(a) -> None:
     res = finetune(a.task, cfg, a.model, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                    train_size=a.train_size, eval_size=a.eval_size, eval_every=a.eval_every,
                    patience=a.patience, out_dir=a.out, seed=a.seed, progress=not a.quiet, show=3,
-                   processes=a.processes, data_dir=a.data, overwrite=a.overwrite)
+                   processes=a.processes, data_dir=a.data, overwrite=a.overwrite,
+                   self_ensemble=a.self_ensemble)
     for src, b, c in res.examples:
         print(f"\n{src}\n  before: {b}\n  after:  {c}")

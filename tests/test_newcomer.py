@@ -296,3 +296,17 @@ def test_eval_every_0_keeps_the_last_step(tmp_path, capsys):
     code, out, err = _main(argv + ["--out", out_dir], capsys)
     assert code == 0, err
     assert "the adapter (the last step;" in out and os.path.isfile(os.path.join(out_dir, "adapter_model.safetensors"))
+
+
+@needs_gpt2s
+def test_finetune_self_ensemble_evaluates_the_averaged_parameters(tmp_path, monkeypatch, capsys):
+    """--self-ensemble K: the mean of the last K steps' parameters is evaluated as its own model;
+    with K = 1 it is the last step's model, which here is also the kept (best = last) adapter."""
+    out_dir = str(tmp_path / "se")
+    code, out, err = _main(TINY_RUN + ["--out", out_dir, "--self-ensemble", "1"], capsys)
+    assert code == 0, err
+    res = json.loads(open(os.path.join(out_dir, "result.json")).read())
+    assert res["best"]["step"] == 2 and res["averaged"] == res["after"]
+    assert "self-ensemble (mean of the last 1 steps)" in out
+    code, out, err = _main(TINY_RUN + ["--out", str(tmp_path / "bad"), "--self-ensemble", "5"], capsys)
+    assert code == 2 and "--self-ensemble 5" in err and "--steps (2)" in err
