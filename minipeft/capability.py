@@ -54,6 +54,7 @@ import time
 
 from . import backend, ops
 from .autograd import no_grad
+from .data.tokenizer import pad_rows
 from .pretrain import DATA, REPO, load_pretrained, mask_tokens
 from .tasks import LABEL_WORDS, LM_TEMPLATE, cls_batches, label_word_ids, label_word_scores, load_task
 
@@ -71,21 +72,6 @@ FAST = dict(DEFAULTS, max_texts=100, train_size=500, dev_size=200, n_queries=30)
 
 
 # ----------------------------------------------------------------------------- small helpers
-
-def _pad(rows, pad_id: int, fill=None):
-    """Right-pad lists of ids: (B, T) ids and (B, T) attention mask (1 real, 0 padding) on the host.
-    fill: a second list of rows (targets) padded with -100, returned third."""
-    hostnp = backend.host()
-    T = max(len(r) for r in rows)
-    ids = hostnp.full((len(rows), T), pad_id, dtype=hostnp.int64)
-    mask = hostnp.zeros((len(rows), T), dtype=hostnp.int64)
-    tgt = hostnp.full((len(rows), T), -100, dtype=hostnp.int64)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)], mask[i, :len(r)] = r, 1
-        if fill is not None:
-            tgt[i, :len(fill[i])] = fill[i]
-    return (ids, mask) if fill is None else (ids, mask, tgt)
-
 
 def _chunks(items, size: int):
     return [items[i:i + size] for i in range(0, len(items), size)]
@@ -136,7 +122,9 @@ def text_loss(model, tok, texts, batch_size: int = 32, seed: int = MASK_SEED) ->
     total, count = 0.0, 0
     with no_grad():
         for idx in _chunks(order, batch_size):
-            ids, mask, tgt = _pad([inputs[i] for i in idx], tok.pad_id, [targets[i] for i in idx])
+            b = pad_rows([inputs[i] for i in idx], tok.pad_id)
+            ids, mask = b.ids, b.attention_mask                             # (B, T)
+            tgt = pad_rows([targets[i] for i in idx], -100, ids.shape[1]).ids   # (B, T), -100: not scored
             rows, cols = hostnp.nonzero(tgt != -100)                        # (N,), (N,) predicted positions
             if len(rows) == 0:
                 continue
@@ -176,9 +164,9 @@ def sst2_features(model, tok, examples, features=("mean",), batch_size: int = 64
     else:                     # a decoder reads text as it was pretrained on it: <bos> sentence
         batches = []
         for chunk in _chunks(examples, batch_size):
-            ids, mask = _pad([[tok.bos_id] + tok.encode(e.sentence)[:model.config.n_ctx - 1] for e in chunk],
-                             tok.pad_id)
-            batches.append({"ids": ids, "attention_mask": mask})
+            b = pad_rows([[tok.bos_id] + tok.encode(e.sentence)[:model.config.n_ctx - 1] for e in chunk],
+                         tok.pad_id)
+            batches.append({"ids": b.ids, "attention_mask": b.attention_mask})
     with no_grad():
         for b in batches:
             mask = b["attention_mask"]                                       # (B, T)
@@ -287,7 +275,8 @@ def mask_prompt_scores(model, tok, examples, word_ids):
     tail = [tok.mask_id] + tok.encode(".")
     room = model.config.n_ctx - 1 - len(tail)
     rows = [[tok.cls_id] + tok.encode(LM_TEMPLATE.format(e.sentence))[-room:] + tail for e in examples]
-    ids, mask = _pad(rows, tok.pad_id)
+    b = pad_rows(rows, tok.pad_id)
+    ids, mask = b.ids, b.attention_mask                                                  # (B, T)
     at = backend.to_device(backend.host().asarray([len(r) - len(tail) for r in rows]))   # (B,) the <mask>
     h = model.encode(ids, mask)                                                          # (B, T, d)
     logits = model.lm_logits(h[backend.xp.arange(len(rows)), at])                       # (B, V)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from . import backend, ops
 from .autograd import Tensor, no_grad
+from .data.tokenizer import pad_rows
 from .prompting import (Example, Template, Verbalizer, build_prompt, label_word_logits, prompt_batches,
                         prompt_loss_fn, single_token_ids, slot_batch)
 
@@ -179,12 +180,8 @@ def distillation_batches(tok, examples: list, target_logits, batch_size: int, ma
         for s in range(0, len(order) - batch_size + 1, batch_size):
             idx = order[s:s + batch_size]
             rows = [[tok.cls_id] + tok.encode(examples[i].s1)[:max_len - 2] + [tok.sep_id] for i in idx]
-            T = max(len(r) for r in rows)
-            ids = hostnp.full((len(rows), T), tok.pad_id, dtype=hostnp.int64)
-            mask = hostnp.zeros((len(rows), T), dtype=hostnp.int64)
-            for j, r in enumerate(rows):
-                ids[j, :len(r)], mask[j, :len(r)] = r, 1
-            yield {"ids": ids, "attention_mask": mask, "soft": target_logits[idx]}
+            b = pad_rows(rows, tok.pad_id)
+            yield {"ids": b.ids, "attention_mask": b.attention_mask, "soft": target_logits[idx]}
 
 
 def distillation_loss_fn(temperature: float = 2.0):

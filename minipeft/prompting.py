@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 from . import backend, ops
 from .autograd import no_grad
+from .data.tokenizer import pad_rows
 
 MASK = "<MASK>"
 
@@ -190,19 +191,23 @@ def score_labels(model, tok, prompts, verbalizer: Verbalizer) -> list[list[float
                 row = [tok.bos_id] + before + w
                 spans.append([(len(before) + j, t) for j, t in enumerate(w)])
             rows.append(row)
-    hostnp = backend.host()
-    T = max(len(r) for r in rows)
-    ids = hostnp.full((len(rows), T), tok.pad_id, dtype=hostnp.int64)
-    mask = hostnp.zeros((len(rows), T), dtype=hostnp.int64)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)], mask[i, :len(r)] = r, 1
+    b = pad_rows(rows, tok.pad_id)
+    ids, mask = b.ids, b.attention_mask                                    # (R, T) with R = prompts x labels
+    hostnp, xp = backend.host(), backend.xp
     scores = []
     with no_grad():
         for s in range(0, len(rows), 64):
-            logp = ops.log_softmax(model.lm_logits(model.encode(ids[s:s + 64], mask[s:s + 64])), axis=-1)
-            logp = backend.to_numpy(logp.data)                                 # (b, T, V)
-            for i, span in enumerate(spans[s:s + 64]):
-                scores.append(sum(float(logp[i, p, t]) for p, t in span) / len(span))
+            part = spans[s:s + 64]
+            r, p, t = (hostnp.asarray(v, dtype=hostnp.int64) for v in
+                       zip(*[(i, pos, tid) for i, span in enumerate(part) for pos, tid in span]))  # (N,) each
+            h = model.encode(ids[s:s + 64], mask[s:s + 64])                    # (b, T, d)
+            h = h[backend.to_device(r), backend.to_device(p)]                  # (N, d) only the scored positions
+            logp = ops.log_softmax(model.lm_logits(h), axis=-1).data           # (N, V)
+            picked = backend.to_numpy(logp[xp.arange(len(t)), backend.to_device(t)])   # (N,) log p(token)
+            at = 0
+            for span in part:                                                  # mean over a word's tokens
+                scores.append(sum(picked[at:at + len(span)].tolist()) / len(span))
+                at += len(span)
     n = len(words)
     return [scores[i:i + n] for i in range(0, len(scores), n)]
 
@@ -246,12 +251,8 @@ def slot_batch(tok, prompts, labels, arch: str) -> dict:
         else:
             rows.append([tok.bos_id] + before)
             slots.append(len(before))
-    T = max(len(r) for r in rows)
-    ids = hostnp.full((len(rows), T), tok.pad_id, dtype=hostnp.int64)
-    mask = hostnp.zeros((len(rows), T), dtype=hostnp.int64)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)], mask[i, :len(r)] = r, 1
-    return {"ids": ids, "attention_mask": mask, "slot": hostnp.asarray(slots, dtype=hostnp.int64),
+    b = pad_rows(rows, tok.pad_id)
+    return {"ids": b.ids, "attention_mask": b.attention_mask, "slot": hostnp.asarray(slots, dtype=hostnp.int64),
             "labels": hostnp.asarray(labels, dtype=hostnp.int64)}
 
 

@@ -111,8 +111,11 @@ def _truncate(ids: list[int], n: int, side: str) -> list[int]:
     return ids[:n] if side == "right" else ids[len(ids) - n:]
 
 
-def _pad(rows, pad_id: int, pad_to, padding_side: str, type_rows=None) -> Batch:
-    """Stack rows of different lengths into (B, T) arrays, T = pad_to or the longest row."""
+def pad_rows(rows, pad_id: int, pad_to: int | None = None, padding_side: str = "right",
+             type_rows=None) -> Batch:
+    """Stack lists of ids of different lengths into a Batch of (B, T) host arrays, T = pad_to or
+    the longest row; padding = pad_id (e.g. -100 to pad targets). type_rows: each row's segment
+    ids, padded with 0 into token_type_ids."""
     lengths = [len(r) for r in rows]
     T = max(lengths) if pad_to is None else pad_to
     for i, n in enumerate(lengths):
@@ -305,7 +308,7 @@ class Tokenizer:
                 raise ValueError(f"max_len={max_len} is too short for the <bos>/<eos> tokens")
             rows = [_truncate(r, room, truncation) for r in rows]
         rows = [self._wrap(r, add_bos, add_eos) for r in rows]
-        return _pad(rows, pad_id, pad_to, padding_side)
+        return pad_rows(rows, pad_id, pad_to, padding_side)
 
     def batch_pairs(self, pairs, max_len: int | None = None, pad_to: int | None = None,
                     padding_side: str = "right") -> Batch:
@@ -316,7 +319,7 @@ class Tokenizer:
             raise ValueError("batch_pairs got no pairs; expected a non-empty list of (a, b)")
         pad_id = self.require("pad", "batch_pairs (padding)")
         encoded = [self.encode_pair(a, b, max_len) for a, b in pairs]
-        return _pad([e[0] for e in encoded], pad_id, pad_to, padding_side,
+        return pad_rows([e[0] for e in encoded], pad_id, pad_to, padding_side,
                     type_rows=[e[1] for e in encoded])
 
 
