@@ -36,6 +36,7 @@ from typing import ClassVar
 from .. import backend
 from ..autograd import Tensor
 from . import sparse
+from .common import positive_int
 from .sparse import buffers, merge, remove, state, unmerge  # noqa: F401  (the method's API)
 
 DEFAULT_LR = 1e-2
@@ -58,8 +59,7 @@ class SpIELConfig:
     def __post_init__(self):
         sparse.check_density(self.density, "SpIELConfig")
         for f in ("reselection_steps", "accumulation_steps", "total_steps"):
-            if not isinstance(getattr(self, f), int) or getattr(self, f) < 1:
-                raise ValueError(f"SpIELConfig.{f} must be a whole number >= 1, got {getattr(self, f)!r}")
+            positive_int(getattr(self, f), f"SpIELConfig.{f}")
         if self.accumulation_steps > self.reselection_steps:
             raise ValueError(f"SpIELConfig.accumulation_steps ({self.accumulation_steps}) must be at most "
                              f"reselection_steps ({self.reselection_steps}): the gradients are added up "

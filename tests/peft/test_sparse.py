@@ -360,3 +360,14 @@ def test_spiel_refuses_data_parallel_training(tiny):
     pm = apply(tiny.model("gpt2", n_labels=3), SpIELConfig(density=0.05))
     with pytest.raises(ValueError, match="one process"):
         fit(pm, task(tiny), [None], steps=1, progress=False, processes=2)
+
+
+def test_spiel_config_refuses_bad_schedules():
+    from minipeft.peft.spiel import SpIELConfig
+    for bad in ({"reselection_steps": 0}, {"total_steps": True}, {"accumulation_steps": 2.0}):
+        with pytest.raises(ValueError, match=f"SpIELConfig.{next(iter(bad))} must be a positive integer"):
+            SpIELConfig(density=0.05, **bad)
+    with pytest.raises(ValueError, match="must be at most reselection_steps"):
+        SpIELConfig(density=0.05, reselection_steps=4, accumulation_steps=5)
+    with pytest.raises(ValueError, match=r"initial_reselection_rate must be in \[0, 1\]"):
+        SpIELConfig(density=0.05, initial_reselection_rate=1.5)
