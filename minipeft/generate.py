@@ -241,10 +241,15 @@ class _Stepper:
         return self._logits(new, None, attention_mask=keys, position_ids=pos[:, -1:] + self.P)
 
 
+@contextlib.contextmanager
 def _eval_mode(model):
-    """`model.eval_mode()` (dropout off, each module's training flag restored afterwards); a
-    stand-in model without modules (the tests' table LM) has nothing to switch."""
-    return model.eval_mode() if hasattr(model, "eval_mode") else contextlib.nullcontext()
+    """`model.eval_mode()` (dropout off, each module's training flag restored afterwards) and, for
+    a PeftModel, its inference_session: the adapters' prefix and effective weights are built once
+    per generate call, not once per new token. A stand-in model without modules (the tests' table
+    LM) has nothing to switch."""
+    with (model.eval_mode() if hasattr(model, "eval_mode") else contextlib.nullcontext()), \
+            (model.inference_session() if hasattr(model, "inference_session") else contextlib.nullcontext()):
+        yield
 
 
 def _prepare(model, prompt_ids, max_new_tokens, eos_id, prefix, prompt):

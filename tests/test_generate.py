@@ -7,6 +7,7 @@ peaked and argmax decisions are far from ties (float32 rounding cannot flip them
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import pytest
@@ -204,6 +205,54 @@ def test_adapted_models_decode_mixed_lengths_in_one_batch_as_alone(backend, meth
     with pm.disable_adapter():
         plain = greedy(pm, prompts, 8)
     assert greedy(pm, prompts, 8) != plain                                 # the adapter matters
+
+
+def test_a_generate_call_builds_the_adapters_inputs_once_not_once_per_token(monkeypatch):
+    """Inside generate a PeftModel's prefix (k_p, v_p) per layer, a parametrised method's
+    W0 + Delta and the list of adapter layers are built on the first step and reused: the same
+    tokens as rebuilding them at every step, one build per call, and a later call sees parameters
+    changed in between."""
+    from minipeft.peft import PeftModel, PrefixConfig, apply, parametrize, prefix
+    from minipeft.peft.lt_sft import LTSFTConfig
+    pm = apply(make_model(), PrefixConfig(num_virtual_tokens=3, prefix_projection=True))
+    pm.add_adapter("sparse", LTSFTConfig(density=0.2))
+    pm.set_adapter(["default", "sparse"])
+    g = np.random.default_rng(0)
+    for name, p in pm.named_parameters():
+        if p.requires_grad:
+            p.data = B.to_device(g.normal(0, 3.0, p.shape).astype(np.float32))
+    calls = {"prefix": 0, "sum": 0, "walk": 0}
+
+    def counted(key, fn):
+        def wrapped(*a, **kw):
+            calls[key] += 1
+            return fn(*a, **kw)
+        return wrapped
+    monkeypatch.setattr(prefix, "_per_layer", counted("prefix", prefix._per_layer))
+    monkeypatch.setattr(parametrize, "_holders", counted("sum", parametrize._holders))
+    monkeypatch.setattr(PeftModel, "modules", counted("walk", PeftModel.modules))
+    n = 6
+    once = {"greedy": greedy(pm, PROMPTS, n), "beam": beam_search(pm, PROMPTS, n, num_beams=3)}
+    assert calls["prefix"] == 2 and calls["sum"] == 2, calls            # one build per call
+    walks = calls["walk"]
+    greedy(pm, PROMPTS, 2 * n)
+    assert calls["walk"] - walks == walks / 2, calls                   # tree walks: per call, not per token
+    with monkeypatch.context() as mp:                                  # rebuilt at every step: same tokens
+        mp.setattr(PeftModel, "inference_session", lambda self: contextlib.nullcontext())
+        assert greedy(pm, PROMPTS, n) == once["greedy"]
+        assert beam_search(pm, PROMPTS, n, num_beams=3) == once["beam"]
+        assert calls["prefix"] > 2 * n and calls["sum"] > 2 * n
+    assert pm._session is None
+    with pm.disable_adapter():
+        plain = greedy(pm, PROMPTS, n)
+    assert once["greedy"] != plain                                     # the adapters matter
+    for name, p in pm.named_parameters():                              # train "a step": the next call sees it
+        if p.requires_grad:
+            p.data = B.to_device(g.normal(0, 3.0, p.shape).astype(np.float32))
+    fresh = greedy(pm, PROMPTS, n)
+    with monkeypatch.context() as mp:
+        mp.setattr(PeftModel, "inference_session", lambda self: contextlib.nullcontext())
+        assert fresh == greedy(pm, PROMPTS, n) != once["greedy"]
 
 
 # ----------------------------------------------------------------------------- beam search

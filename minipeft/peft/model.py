@@ -22,6 +22,7 @@ import copy
 from contextlib import contextmanager
 
 from .. import backend, ops
+from ..autograd import no_grad
 from ..nn.module import Module, ModuleDict
 from . import io, parametrize, routing
 from .registry import discover, method_of
@@ -49,6 +50,25 @@ class PeftModel(Module):
         self.peft_config: dict = {}           # adapter name -> config
         self.active_adapters: list = []
         self._disabled = False
+        self._session = None                  # inside inference_session: what a pass reuses
+
+    @contextmanager
+    def inference_session(self):
+        """For many forward passes that change no parameter (generation: one per new token), the
+        parts that each pass would rebuild from the adapters' parameters are built once and reused:
+        the list of adapter layers that routing walks, the effective weights W0 + Delta of the
+        parametrised methods, a prefix adapter's per-layer (k_p, v_p). Only for the active adapters
+        on every sample (a pass with adapter_names= builds its own); gradients are off inside.
+        Nested sessions share the outer one; on leaving, everything built is dropped."""
+        if self._session is not None:
+            yield
+            return
+        self._session = {}
+        try:
+            with no_grad():
+                yield
+        finally:
+            self._session = None
 
     @property
     def model(self):

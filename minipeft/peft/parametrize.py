@@ -55,6 +55,13 @@ def effective_weights(pm, route, batch_size: int):
     if getattr(pm, "_swapped", False):
         yield
         return
+    session = getattr(pm, "_session", None)          # PeftModel.inference_session: sum once, reuse
+    key = ("weights",) + tuple(n for n, _ in route)
+    reuse = session is not None and all(rows is None for _, rows in route)
+    if reuse and key in session:
+        with _swapped_in(pm, session[key]):
+            yield
+        return
     deltas: dict = {}
     for name, rows in route:
         method = method_of(pm.peft_config[name])
@@ -68,22 +75,33 @@ def effective_weights(pm, route, batch_size: int):
         for path, d in method.deltas(pm, name).items():
             deltas.setdefault(path, []).append(d)
     if not deltas:
+        if reuse:
+            session[key] = []
         yield
         return
-    params, holders, swapped = dict(pm.model.named_parameters()), _holders(pm.model), []
+    params, holders, places = dict(pm.model.named_parameters()), _holders(pm.model), []
+    for path, ds in deltas.items():
+        w0 = params[path]
+        w = w0
+        for d in ds:
+            w = w + d                                      # W = W0 + Delta_a + Delta_b ...
+        places += [(mod, attr, w, w0) for mod, attr in holders[id(w0)]]
+    if reuse:
+        session[key] = places
+    with _swapped_in(pm, places):
+        yield
+
+
+@contextmanager
+def _swapped_in(pm, places: list):
+    """Inside the block, each (module, attribute, W, W0) of `places` has W where it had W0."""
     try:
-        for path, ds in deltas.items():
-            w0 = params[path]
-            w = w0
-            for d in ds:
-                w = w + d                                  # W = W0 + Delta_a + Delta_b ...
-            for mod, attr in holders[id(w0)]:
-                setattr(mod, attr, w)
-                swapped.append((mod, attr, w0))
+        for mod, attr, w, _ in places:
+            setattr(mod, attr, w)
         pm._swapped = True
         yield
     finally:
-        for mod, attr, w0 in reversed(swapped):
+        for mod, attr, _, w0 in reversed(places):
             setattr(mod, attr, w0)
         pm._swapped = False
 

@@ -157,6 +157,16 @@ def _word_activations(pm, cfg: PrefixConfig, layers):
 
 def per_layer(pm, name: str) -> dict:
     """{layer: (k_p, v_p)} of one adapter, each (1, H, P, D), cut from P_theta (P, 2 n d)."""
+    session = getattr(pm, "_session", None)         # PeftModel.inference_session: built once
+    if session is not None and ("prefix", name) in session:
+        return session["prefix", name]
+    out = _per_layer(pm, name)
+    if session is not None:
+        session["prefix", name] = out
+    return out
+
+
+def _per_layer(pm, name: str) -> dict:
     cfg, mc = pm.peft_config[name], pm.config
     layers = _layers(mc, cfg)
     H, D, P = mc.n_head, mc.d_model // mc.n_head, cfg.num_virtual_tokens

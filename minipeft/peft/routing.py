@@ -105,7 +105,12 @@ def route_of(pm, adapter_names, batch_size: int) -> list:
 def routing(pm, adapter_names, batch_size: int):
     """Set the route on every AdapterLayer of pm for one forward pass; yields the route."""
     route = route_of(pm, adapter_names, batch_size)
-    layers = [m for m in pm.modules() if isinstance(m, AdapterLayer)]
+    session = getattr(pm, "_session", None)          # PeftModel.inference_session: walk the tree once
+    layers = session.get("layers") if session is not None else None
+    if layers is None:
+        layers = [m for m in pm.modules() if isinstance(m, AdapterLayer)]
+        if session is not None:
+            session["layers"] = layers
     for m in layers:
         m.route = route
     try:
