@@ -29,7 +29,9 @@ drawn), then the start of the query's own text: the query's label slot is never 
 Prompt-based fine-tuning (LM-BFF) trains through the LM head with no new parameters: the label
 words' logits at the slot are the classifier's logits (`prompt_batches`, `prompt_loss_fn`, with
 any PEFT method), optionally with one demonstration per class appended to every input; the label
-words can be searched automatically (`search_label_words`).
+words can be searched automatically (`search_label_words`), and so can templates
+(`search_templates`: LM-BFF fills template spans with T5; here the encoder's MLM or the decoder
+fills them, by beam search).
 """
 from __future__ import annotations
 
@@ -345,6 +347,86 @@ def search_label_words(model, tok, template: Template, examples: list, n_labels:
     return tuple(tok.decode([int(t)]).strip() for t in best), best_acc
 
 
+# ----------------------------------------------------------------------------- automatic templates
+# LM-BFF (Gao et al. 2021, section 5.2) generates templates with T5: for every training example it
+# asks T5 to fill the spans <X>, <Y> of "<S1> <X> v(y) <Y>" and keeps the fillings with the largest
+#     sum over training examples (x, y) of log P(T | x, v(y))                                   (3)
+# by beam search, then ranks the templates by accuracy. minipeft has no T5: the spans are filled by
+# the models it has, a fixed number of whole-word tokens, left to right, with a beam:
+#     encoder  the slots not yet filled are <mask>; slot j scores log p_MLM(t_j | x, t_<j, v(y))
+#              (the label word stays in place, as T5 sees it)
+#     decoder  "<S1> t_1 ... t_m <MASK>": slot j scores log p(t_j | x, t_<j); the label word comes
+#              after the slots, so it enters only the ranking
+# and the finished candidates are ranked by zero-shot accuracy on the same examples (LM-BFF ranks
+# by the dev accuracy after fine-tuning each one: a step too costly to repeat for every candidate).
+
+def search_templates(model, tok, examples: list, verbalizer: Verbalizer, before: int = 2, after: int = 0,
+                     beam: int = 8, candidates=None, batch_size: int = 64) -> list:
+    """Templates "<S1> t_1..t_before <MASK> u_1..u_after ." (encoder) or "<S1> t_1..t_before <MASK>"
+    (decoder, after must be 0) filled by beam search on (3) over `examples` (Example with int
+    labels); candidates: the token ids a slot may take (default: whole-word tokens, " " + letters,
+    and "," and ":").
+    Returns [(Template, zero-shot accuracy on the examples, summed log-probability)], best first."""
+    hostnp, xp = backend.host(), backend.xp
+    bert = model.config.arch == "bert"
+    n = before + after
+    if isinstance(before, bool) or not isinstance(before, int) or not isinstance(after, int) \
+            or before < 0 or after < 0 or n < 1:
+        raise ValueError(f"before={before!r}, after={after!r}: numbers of template words on each side of "
+                         f"the label word, whole numbers >= 0, at least one in all")
+    if after and not bert:
+        raise ValueError("a decoder predicts left to right: words after the label word never matter to it; "
+                         "use after=0")
+    if not examples or any(not isinstance(e.label, int) for e in examples):
+        raise ValueError("search_templates needs labelled examples (Example with an int label)")
+    if candidates is None:                         # whole words, and the commas and colons between them
+        candidates = [i for i in range(7, tok.vocab_size)
+                      if ((w := tok.decode([i], skip_special=False)).startswith(" ") and w[1:].isalpha())
+                      or w in (",", ":")]
+    cand = backend.to_device(hostnp.asarray(candidates, dtype=hostnp.int64))
+    words = verbalizer.token_ids(tok)
+    tail = tok.encode(" .") if bert else []
+    room = model.config.n_ctx - 3 - n - max(len(w) for w in words) - len(tail)
+    xs = [tok.encode(e.s1)[-room:] for e in examples]
+
+    def row(x, word, fill):                        # the ids of one example with `fill` in the slots
+        slots = list(fill) + [tok.mask_id] * (n - len(fill))
+        if bert:
+            return [tok.cls_id] + x + slots[:before] + word + slots[before:] + tail + [tok.sep_id]
+        return [tok.bos_id] + x + slots                                  # (the next slot is predicted)
+
+    def at(x, word, j):                            # the position whose output predicts slot j
+        if bert:
+            return 1 + len(x) + j + (len(word) if j >= before else 0)
+        return len(x) + j
+
+    beams = [((), 0.0)]                            # (filled slot ids, summed log-probability)
+    with no_grad():
+        for j in range(n):
+            total = xp.zeros((len(beams), len(candidates)))                  # (beams, C) (3) so far
+            jobs = [(b, x, words[e.label]) for b in range(len(beams)) for x, e in zip(xs, examples)]
+            for s in range(0, len(jobs), batch_size):
+                part = jobs[s:s + batch_size]
+                enc = pad_rows([row(x, w, beams[b][0]) for b, x, w in part], tok.pad_id)
+                h = model.encode(enc.ids, enc.attention_mask)                # (b, T, d)
+                pos = backend.to_device(hostnp.asarray([at(x, w, j) for _, x, w in part]))
+                logp = ops.log_softmax(model.lm_logits(h[xp.arange(len(part)), pos]), axis=-1).data  # (b, V)
+                for i, (b, _, _) in enumerate(part):
+                    total[b] += logp[i, cand]
+            score = xp.asarray([sc for _, sc in beams])[:, None] + total    # (beams, C)
+            flat = backend.to_numpy(score).ravel()
+            best = hostnp.argsort(-flat, kind="stable")[:beam]
+            beams = [(beams[k // len(candidates)][0] + (candidates[k % len(candidates)],), float(flat[k]))
+                     for k in best]
+    out = []
+    for fill, logp in beams:
+        text = ("<S1>" + tok.decode(list(fill[:before])) + " " + MASK + tok.decode(list(fill[before:]))
+                + (" ." if bert else ""))
+        t = Template(text)
+        out.append((t, accuracy(model, tok, t, verbalizer, examples), logp))
+    return sorted(out, key=lambda r: (-r[1], -r[2]))
+
+
 __all__ = ["MASK", "Template", "Verbalizer", "Example", "choose_demonstrations", "build_prompt",
            "score_labels", "predict", "accuracy", "slot_batch", "single_token_ids", "label_word_logits",
-           "prompt_batches", "prompt_loss_fn", "search_label_words"]
+           "prompt_batches", "prompt_loss_fn", "search_label_words", "search_templates"]

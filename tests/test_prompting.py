@@ -6,7 +6,8 @@ import os
 import numpy
 import pytest
 
-from minipeft import backend
+from minipeft import backend, ops
+from minipeft.autograd import no_grad
 from minipeft.data.tokenizer import Tokenizer
 from minipeft.nn import Transformer, TransformerConfig
 from minipeft.pretrain import DATA
@@ -193,3 +194,85 @@ def test_automatic_label_words_find_the_known_answer(tok):
     ex = [Example(f"It was {w} {i}.", y) for i in range(4) for w, y in (("bad", 0), ("good", 1))]
     words, acc = search_label_words(_Keyword(tok), tok, SST, ex, 2, k=3)
     assert words == ("terrible", "great") and acc == 1.0
+
+
+class _Chain:
+    """A stand-in decoder whose next-token logits are known: after any token of the input comes
+    ' It' (logit 8), after ' It' comes ' was', and after ' was' ' great' if the row holds ' good',
+    ' terrible' if it holds ' bad' (logit 5). Nothing else scores."""
+
+    def __init__(self, tok):
+        from types import SimpleNamespace
+        self.tok, self.config = tok, SimpleNamespace(arch="gpt2", n_ctx=64)
+        self.it, self.was = tok.encode(" It")[0], tok.encode(" was")[0]
+        self.good, self.bad = tok.encode(" good")[0], tok.encode(" bad")[0]
+        self.fine, self.awful = tok.encode(" great")[0], tok.encode(" terrible")[0]
+
+    def encode(self, ids, mask):
+        from minipeft.autograd import Tensor
+        ids = numpy.asarray(ids)
+        real = numpy.asarray(mask) == 1
+        flags = [(ids == self.good).any(1), (ids == self.bad).any(1)]
+        h = numpy.stack([ids == self.it, ids == self.was, real & (ids != self.it) & (ids != self.was)]
+                        + [numpy.repeat(f[:, None], ids.shape[1], 1) for f in flags], axis=2)
+        return Tensor(h.astype(float))                                                # (B, T, 5)
+
+    def lm_logits(self, h):
+        from minipeft.autograd import Tensor
+        h = h.data
+        out = numpy.zeros(h.shape[:-1] + (self.tok.vocab_size,))
+        out[..., self.it] = 8 * h[..., 2]
+        out[..., self.was] = 8 * h[..., 0]
+        out[..., self.fine], out[..., self.awful] = 5 * h[..., 1] * h[..., 3], 5 * h[..., 1] * h[..., 4]
+        return Tensor(out)
+
+
+def test_automatic_templates_find_the_known_answer_and_rank_by_accuracy(tok):
+    from minipeft.prompting import search_templates
+    ex = [Example(f"The {w} soup {i}.", y) for i in range(4) for w, y in (("bad", 0), ("good", 1))]
+    found = search_templates(_Chain(tok), tok, ex, Verbalizer(("terrible", "great")), before=2, beam=3)
+    (best, acc, logp), rest = found[0], found[1:]
+    assert best == Template("<S1> It was <MASK>") and acc == 1.0
+    assert all(a < 1.0 for _, a, _ in rest) and len(found) == 3                   # the others: no label
+    V = tok.vocab_size                     # (3): 8 examples x 2 slots, each log softmax of one logit 8
+    assert abs(logp - 16 * (8 - numpy.log(numpy.exp(8) + V - 1))) < 1e-9
+
+
+def test_automatic_template_scores_are_the_mlm_log_probabilities_of_each_example_alone(tok):
+    """Encoder: the summed log p_MLM of a one-word template equals the hand computation, example by
+    example without padding; the template text gives back the ids that were scored."""
+    from minipeft.prompting import search_templates
+    model = _model(tok, "bert")
+    ex = [Example("The soup was cold.", 0), Example("A lovely evening with friends, all of it.", 1)]
+    verb = Verbalizer(("terrible", "great"))
+    cands = [tok.encode(w)[0] for w in (" It", " was", " so", " Overall")]
+    found = search_templates(model, tok, ex, verb, before=1, after=1, beam=16, candidates=cands)
+    assert len(found) == 16 and len({t for t, _, _ in found}) == 16
+    tail = tok.encode(" .")
+    for t, acc, logp in found[:4]:
+        bids, aids = build_prompt(tok, t, ex[0], arch="bert")
+        a, b = bids[-1], aids[0]                                        # the two template words
+        assert a in cands and b in cands and aids[1:] == tail and bids[:-1] == tok.encode(ex[0].s1)
+        want = 0.0
+        for e in ex:
+            x, w = tok.encode(e.s1), verb.token_ids(tok)[e.label]
+            for j, fill in ((0, []), (1, [a])):                          # slot 0, then slot 1 after slot 0
+                slots = fill + [tok.mask_id] * (2 - len(fill))
+                row = [tok.cls_id] + x + slots[:1] + w + slots[1:] + tail + [tok.sep_id]
+                pos = 1 + len(x) + j + (len(w) if j >= 1 else 0)
+                with no_grad():
+                    lp = ops.log_softmax(model.lm_logits(model.encode([row])[:, pos]), axis=-1)
+                want += float(backend.to_numpy(lp.data)[0, (a, b)[j]])
+        assert abs(logp - want) < 1e-4 * abs(want), (t, logp, want)
+        assert acc == accuracy(model, tok, t, verb, ex)
+
+
+def test_automatic_templates_refuse_what_they_cannot_do(tok):
+    from minipeft.prompting import search_templates
+    verb, ex = Verbalizer(("terrible", "great")), [Example("Fine.", 1)]
+    with pytest.raises(ValueError, match="words after the label word never matter"):
+        search_templates(_Chain(tok), tok, ex, verb, before=1, after=1)
+    with pytest.raises(ValueError, match="at least one in all"):
+        search_templates(_Chain(tok), tok, ex, verb, before=0)
+    with pytest.raises(ValueError, match="labelled examples"):
+        search_templates(_Chain(tok), tok, [Example("Fine.")], verb)
