@@ -6,6 +6,7 @@
     minipeft eval --model gpt2-m
     minipeft finetune --method lora --task e2e --model gpt2-m --steps 300 --out runs/e2e-lora
     minipeft capability gpt2-m                        # what the frozen model already knows (--write: capability.json)
+    minipeft fewshot --task sst2 --model bert-m --k 16 --steps 200   # LM-BFF: K per class x 5 seeds, mean +- std
     minipeft assignment build lora --out /tmp/hw      # a student copy; then: cd /tmp/hw && make test
     minipeft grade /tmp/hw                            # the score table (--json FILE: Gradescope's format)
 
@@ -144,6 +145,13 @@ def _cmd_finetune(a):
     finetune_cli(a)
 
 
+def _cmd_fewshot(a):
+    from . import use
+    from .fewshot import fewshot_cli
+    use(a.backend)
+    fewshot_cli(a)
+
+
 def _cmd_capability(a):
     from . import use
     from .capability import capability_cli
@@ -252,6 +260,31 @@ def build_parser() -> argparse.ArgumentParser:
                         "with NumPy, else 1); 1 = one process using threads op by op")
     common(f)
     f.set_defaults(fn=_cmd_finetune)
+
+    w = sub.add_parser("fewshot", help="LM-BFF's protocol: K examples per class, 5 data seeds, zero-shot or "
+                       "prompt-based fine-tuning through the LM head, mean and std")
+    w.add_argument("--task", default="sst2", help="sst2, sst5 or mnli")
+    w.add_argument("--model", default="bert-m", help="shipped preset, checkpoint dir, Hugging Face folder or minilm-l6")
+    w.add_argument("--template", default=None, help="e.g. '<S1> It was <MASK> .' (default: the task's in fewshot.DEFAULTS)")
+    w.add_argument("--words", default=None, help="label words in label order, e.g. terrible,great")
+    w.add_argument("--k", type=int, default=16, help="training examples per class (and as many for model selection)")
+    w.add_argument("--seeds", type=int, default=5, help="data seeds 1..N")
+    w.add_argument("--steps", type=int, default=0, help="prompt-based fine-tuning steps (0: no training)")
+    w.add_argument("--method", default="full", help="the PEFT method that trains: " + ", ".join(registry.names()))
+    w.add_argument("--lr", type=float, default=1e-5)
+    w.add_argument("--batch-size", type=int, default=8)
+    w.add_argument("--eval-every", type=int, default=50)
+    w.add_argument("--demos", action="store_true", help="append one demonstration per class from D_train")
+    w.add_argument("--auto-words", type=int, default=0, metavar="K",
+                   help="search the label words among each class's top K (0: keep --words)")
+    w.add_argument("--auto-template", default=None, metavar="BEFORE,AFTER",
+                   help="search a template with this many words before and after the label word")
+    w.add_argument("--test-size", type=int, default=None, help="evaluate on the first N dev examples")
+    w.add_argument("--data", default=None, metavar="DIR", help="a folder laid out like data/")
+    w.add_argument("--json", default=None, metavar="FILE", help="also write the result here")
+    w.add_argument("--quiet", action="store_true")
+    common(w)
+    w.set_defaults(fn=_cmd_fewshot)
 
     k = sub.add_parser("capability", help="what a frozen checkpoint already knows: reference loss, linear "
                        "probe, zero-shot SST-2, in-context translation")
