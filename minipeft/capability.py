@@ -31,6 +31,10 @@ translation_icl   in-context learning in a format never seen in pretraining (the
                   "cheese => fromage", then "bread =>"; greedy decoding, first word, exact match.
                   Decoders only.
 
+corpus_verdicts, a diagnostic outside measure(): the held-out reviews of the corpus itself, ended
+by the model with one of its five verdict words; tells "cannot read sentiment at all" from "cannot
+carry it into SST-2's wording".
+
 `measure(name)` runs all that applies to a checkpoint and returns one dict; `write_capability`
 stores it as capability.json beside the checkpoint, `read_capability` reads it back.
 
@@ -303,6 +307,44 @@ def zero_shot_sst2(model, tok, examples=None, batch_size: int = 64) -> dict:
     golds = hostnp.asarray([e.label for e in examples])
     return {"accuracy": float(hostnp.mean(preds == golds)), "positive_fraction": float(hostnp.mean(preds == 1)),
             "n": len(examples)}
+
+
+def corpus_verdicts(model, tok, data_dir: str | None = None, max_docs: int | None = None) -> dict:
+    """Does the model finish its OWN corpus's reviews with the right verdict? A diagnostic beside
+    zero_shot_sst2: every held-out review of `pretrain/valid.txt` that ends with a verdict
+    ("... All in all, it was good.") becomes the prompt "review body + verdict form <MASK> ." and the
+    model picks one of the five VERDICT_WORDS (prompting.predict: next token for a decoder, the
+    <mask> for the encoder). The verdict is a function of the body (gen_pretrain.verdict_review), so
+    a model that learned it from pretraining scores well here with no new wording to cope with.
+
+    Returns accuracy (5-way), polarity (terrible/bad vs good/great, on the reviews whose verdict is
+    not "okay"), keyword (gen_sentiment.keyword_baseline's polarity on the same bodies), majority
+    (the share of the most frequent verdict), the predicted counts and n."""
+    import re
+    from collections import Counter
+    from . import prompting
+    from .data.gen_pretrain import VERDICT_FORMS, VERDICT_WORDS
+    from .data.gen_sentiment import keyword_baseline as keyword_label
+    forms = sorted({f.split(" {w}")[0] for f in VERDICT_FORMS})
+    pattern = re.compile(r"^(.*) (" + "|".join(map(re.escape, forms)) + r") (" + "|".join(VERDICT_WORDS) + r")\.$")
+    path = os.path.join(data_dir or DATA, "pretrain", "valid.txt")
+    with open(path, encoding="utf-8") as f:
+        found = [pattern.match(line.strip()) for line in f]
+    items = [(m.group(1), m.group(2), VERDICT_WORDS.index(m.group(3))) for m in found if m][:max_docs]
+    if not items:
+        raise ValueError(f"no review ending with a verdict in {path}: is it the corpus of gen_pretrain?")
+    prompts = [prompting.build_prompt(tok, prompting.Template("<S1> " + form + " <MASK> ."), prompting.Example(body),
+                                      arch=model.config.arch, max_len=model.config.n_ctx) for body, form, _ in items]
+    with no_grad():
+        preds = prompting.predict(model, tok, prompts, prompting.Verbalizer(VERDICT_WORDS))
+    golds = [y for *_, y in items]
+    polar = [(p, g, body) for p, g, (body, *_) in zip(preds, golds, items) if g != 2]    # 2 = "okay"
+    counts = Counter(golds)
+    return {"accuracy": sum(p == g for p, g in zip(preds, golds)) / len(golds),
+            "polarity": sum((p > 2) == (g > 2) for p, g, _ in polar) / len(polar),
+            "keyword": sum(keyword_label(b) == (g > 2) for _, g, b in polar) / len(polar),
+            "majority": max(counts.values()) / len(golds),
+            "predicted": {VERDICT_WORDS[k]: v for k, v in sorted(Counter(preds).items())}, "n": len(golds)}
 
 
 # ----------------------------------------------------------------------------- 4. in-context translation

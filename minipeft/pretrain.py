@@ -30,6 +30,7 @@ from dataclasses import replace
 from . import backend, ops
 from .autograd import no_grad
 from .checkpoint import save_checkpoint, write_json_atomic
+from .data.tokenizer import pad_rows
 from .nn import Transformer, TransformerConfig
 from .train import fit
 
@@ -124,33 +125,33 @@ def nsp_pairs(docs, tokenizer, batch_size: int, n_ctx: int, gen, hard: float = 0
                 other = multi[gen.integers(len(multi))]
                 j = int(gen.integers(1, len(other)))
                 tails.append((other, [t for s in other[j:] for t in s]))
-            other, b = hardest([t for s in d[k:] for t in s], tails, d) if len(tails) > 1 else tails[0]
-            is_next = int(other is d)
+            true_tail = [t for s in d[k:] for t in s]
+            other, b = hardest(true_tail, tails, d) if len(tails) > 1 else tails[0]
+            is_next = int(other is d or b == true_tail)      # (a tail equal to the true one is true)
         room = n_ctx - 3
         b = b[:max(room - len(a), room // 2)]
         a = a[:room - len(b)]
         rows.append([tokenizer.cls_id] + a + [tokenizer.sep_id] + b + [tokenizer.sep_id])
         types.append([0] * (len(a) + 2) + [1] * (len(b) + 1))
         labels.append(is_next)
-    T = max(len(r) for r in rows)
-    ids = hostnp.full((batch_size, T), tokenizer.pad_id, dtype=hostnp.int64)
-    tt = hostnp.zeros((batch_size, T), dtype=hostnp.int64)
-    for i, (r, t) in enumerate(zip(rows, types)):
-        ids[i, :len(r)], tt[i, :len(t)] = r, t
-    inputs, targets = mask_tokens(ids, tokenizer, tokenizer.vocab_size, gen)
-    return {"ids": inputs, "targets": targets, "token_type_ids": tt,
-            "attention_mask": (ids != tokenizer.pad_id).astype(hostnp.int64),
+    b = pad_rows(rows, tokenizer.pad_id, type_rows=types)
+    inputs, targets = mask_tokens(b.ids, tokenizer, tokenizer.vocab_size, gen)
+    return {"ids": inputs, "targets": targets, "token_type_ids": b.token_type_ids,
+            "attention_mask": b.attention_mask,
             "is_next": hostnp.asarray(labels, dtype=hostnp.int64)}
 
 
 def hardest(true_tail, tails, doc):
     """Of the candidate (document, tail) pairs, the one whose token set overlaps most (Jaccard)
-    with the true continuation's; never a tail of `doc` itself (that would be a true pair)."""
+    with the true continuation's; never a tail of `doc` itself nor a tail equal to the true one
+    (either would be a true pair labelled false)."""
     true = set(true_tail)
 
     def jaccard(ot):
         other, tail = ot
-        return -1.0 if other is doc else len(true & set(tail)) / max(len(true | set(tail)), 1)
+        if other is doc or tail == true_tail:
+            return -1.0
+        return len(true & set(tail)) / max(len(true | set(tail)), 1)
     return max(tails, key=jaccard)
 
 
@@ -171,13 +172,10 @@ def mlm_doc_batches(docs, tokenizer, batch_size: int, n_ctx: int, seed: int):
         for i in gen.integers(0, len(docs), size=batch_size):
             toks = [t for s in docs[i] for t in s][:n_ctx - 2]
             rows.append([tokenizer.cls_id] + toks + [tokenizer.sep_id])
-        T = max(len(r) for r in rows)
-        ids = hostnp.full((batch_size, T), tokenizer.pad_id, dtype=hostnp.int64)
-        for j, r in enumerate(rows):
-            ids[j, :len(r)] = r
-        inputs, targets = mask_tokens(ids, tokenizer, tokenizer.vocab_size, gen)
-        yield {"ids": inputs, "targets": targets, "token_type_ids": hostnp.zeros_like(ids),
-               "attention_mask": (ids != tokenizer.pad_id).astype(hostnp.int64)}
+        b = pad_rows(rows, tokenizer.pad_id)
+        inputs, targets = mask_tokens(b.ids, tokenizer, tokenizer.vocab_size, gen)
+        yield {"ids": inputs, "targets": targets, "token_type_ids": hostnp.zeros_like(b.ids),
+               "attention_mask": b.attention_mask}
 
 
 def split_corpus_file(path: str, folder: str, every: int = 20) -> str:

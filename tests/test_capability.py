@@ -270,3 +270,35 @@ def test_fast_measure_of_a_shipped_checkpoint_prints_a_table(arch, capsys):
     for word in ("reference loss", "e2e", "webnlg", "linear probe", "keyword", "zero-shot", "in-context"):
         assert word in out, (word, out)
     assert ("skipped" in out) == (arch == "bert")
+
+
+# ----------------------------------------------------------------------------- corpus verdicts (diagnostic)
+
+REVIEWS = ["We ate at Rosa's. The soup was delicious. All in all, it was great.",
+           "I saw The Long Road. The plot was dull. Overall, it was bad.",
+           "Lunch at Kim's. The tea was fine. In a word: okay.",
+           "The mayor of Penton is Hanna Tenbrook.",                          # no verdict: not an item
+           "I saw Red Sky. The ending was awful. My verdict: great."]         # keyword says negative
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "bert"])
+def test_corpus_verdicts_reads_the_held_out_reviews_and_scores_the_named_word(tmp_path, tok, arch):
+    (tmp_path / "pretrain").mkdir()
+    (tmp_path / "pretrain" / "valid.txt").write_text("\n".join(REVIEWS) + "\n", encoding="utf-8")
+    model = tiny(tok, arch)
+    point_the_head(model, tok, " great")                # always "great": right on 2 of the 4 reviews
+    r = capability.corpus_verdicts(model, tok, data_dir=str(tmp_path))
+    assert r["n"] == 4 and r["predicted"] == {"great": 4}, r
+    assert r["accuracy"] == pytest.approx(2 / 4) and r["majority"] == pytest.approx(2 / 4)
+    assert r["polarity"] == pytest.approx(2 / 3)        # the three reviews that are not "okay"
+    assert r["keyword"] == pytest.approx(2 / 3)         # "awful ... great" fools the word count
+    point_the_head(model, tok, " terrible")             # no review says "terrible"; one is negative
+    r = capability.corpus_verdicts(model, tok, data_dir=str(tmp_path))
+    assert r["predicted"] == {"terrible": 4} and r["accuracy"] == 0.0 and r["polarity"] == pytest.approx(1 / 3)
+
+
+def test_corpus_verdicts_refuses_a_corpus_without_reviews(tmp_path, tok):
+    (tmp_path / "pretrain").mkdir()
+    (tmp_path / "pretrain" / "valid.txt").write_text("No review here.\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no review ending with a verdict"):
+        capability.corpus_verdicts(tiny(tok), tok, data_dir=str(tmp_path))

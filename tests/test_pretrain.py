@@ -153,6 +153,8 @@ def test_hard_nsp_negatives_look_like_the_true_continuation(tok, docs):
     d, e, f = object(), object(), object()
     true = [1, 2, 3, 4]
     assert hardest(true, [(e, [9, 8]), (f, [1, 2, 3, 7]), (d, [1, 2, 3, 4])], d) == (f, [1, 2, 3, 7])
+    # a tail equal to the true continuation is no negative, wherever it comes from
+    assert hardest(true, [(e, [9, 8]), (f, [1, 2, 3, 4]), (d, [1, 2, 3, 4])], d) == (e, [9, 8])
     def overlap(batch_hard):
         gen = backend.host().random.default_rng(5)
         b = nsp_pairs(docs, tok, 128, 256, gen, hard=batch_hard)

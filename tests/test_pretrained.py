@@ -88,7 +88,7 @@ def test_data_readme_shows_the_checkpoints_recorded_numbers():
 # the goal, and the one measured exception data/README.md explains (the smallest decoder on
 # WebNLG's entity names and numbers)
 REGISTER_GOAL = 1.5
-REGISTER_EXCEPTIONS = {("gpt2-s", "webnlg"): 1.6}
+REGISTER_EXCEPTIONS = {("gpt2-s", "webnlg"): 1.7}
 
 
 @pytest.mark.parametrize("preset", [p for p in sorted(PRESETS) if PRESETS[p].arch == "gpt2"])

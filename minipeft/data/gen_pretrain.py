@@ -63,11 +63,12 @@ FAMILY = (("It is an adults-only place.", "Children are not admitted."),
                                     "menu for kids."))
 AREA = {"riverside": ("by the river", "on the riverside", "on the banks of the " + "Wend"),
         "city centre": ("in the city centre", "in the middle of town", "in the town centre")}
-SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
+SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'])")
 
 
 def sentences(text: str) -> list[str]:
-    """Split prose into sentences (at . ! ? followed by a space and a capital or a quote)."""
+    """Split prose into sentences (at . ! ? followed by a space and a capital, a digit or a quote:
+    where mentions_banned looks for a banned sentence to start)."""
     return [s for s in SPLIT.split(text.strip()) if s]
 
 
@@ -100,8 +101,9 @@ def _food(v: str) -> str:
 class _Writer:
     """Writes documents about the world with one random stream."""
 
-    def __init__(self, world: World, rng: random.Random):
+    def __init__(self, world: World, rng: random.Random, banned: frozenset[str] = frozenset()):
         self.w, self.r = world, rng
+        self.banned = banned                       # dev/test sentences a document must not hold
         self.lexicon: list[tuple[str, str]] = []   # pairs not yet used in this pass
 
     # -- venues --------------------------------------------------------------------------------
@@ -375,13 +377,20 @@ class _Writer:
 
     def verdict_review(self) -> str:
         """A review that ends by stating its verdict in one word, as a prompt would ask for it
-        ("All in all, it was great."): terrible / bad / okay / good / great by its score."""
+        ("All in all, it was great."): terrible / bad / okay / good / great by its score.
+
+        The verdict sums the scores of all the review's sentences, so a review with a sentence of
+        a dev or test item (which the corpus must drop) is drawn again: a verdict never follows a
+        text it does not describe."""
         r = self.r
-        rv = _Review(self.w, r)
-        sign = r.choice((-1, -1, 0, 1, 1))
-        text, score = rv.review(sign, r.random() < 0.5, intro=False)
-        word = VERDICT_WORDS[sst5_label(score)]
-        return f"{rv.intro()} {text} {r.choice(VERDICT_FORMS).format(w=word)}"
+        for _ in range(50):
+            rv = _Review(self.w, r)
+            sign = r.choice((-1, -1, 0, 1, 1))
+            text, score = rv.review(sign, r.random() < 0.5, intro=False)
+            doc = f"{rv.intro()} {text} {r.choice(VERDICT_FORMS).format(w=VERDICT_WORDS[sst5_label(score)])}"
+            if not any(mentions_banned(s, self.banned) for s in sentences(doc)):
+                return doc
+        return ""                                  # (the caller skips an empty document)
 
     def inference(self) -> str:
         """A statement about an entity, then what follows from it, what contradicts it, or what
@@ -431,9 +440,22 @@ class _Writer:
 
 
 # after each entity's own document, one more document of a genre drawn with these weights
-EXTRA_GENRES = {"guide": 22, "facts": 22, "verdict_review": 14, "review": 6, "inference": 10,
+EXTRA_GENRES = {"guide": 22, "facts": 22, "verdict_review": 24, "review": 6, "inference": 10,
                 "french_inline": 4, "french": 3, "news": 4, "dialogue": 4, "venue_list": 3,
                 "": 8}
+
+
+# genres whose last sentence depends on all the others (a review's verdict sums its sentences'
+# scores): a document of these is kept whole or not at all, never with a sentence dropped
+WHOLE_GENRES = {"verdict_review"}
+
+
+def keep_allowed(doc: str, banned: set[str], whole: bool = False) -> str:
+    """`doc` without its sentences that contain a sentence of `banned` ("" if none is left);
+    whole=True: "" as soon as one sentence would be dropped."""
+    sents = sentences(doc)
+    kept = [s for s in sents if not mentions_banned(s, banned)]
+    return "" if whole and len(kept) < len(sents) else " ".join(kept)
 
 
 def make_pretrain(world: World, seed: int, banned: set[str], train_chars: int = 3_000_000,
@@ -449,7 +471,7 @@ def make_pretrain(world: World, seed: int, banned: set[str], train_chars: int = 
     seen: set[str] = set()
     ents = [e for e in world.entities if e.kind not in ("band", "party", "agency")]
     for split, target in (("train", train_chars), ("valid", valid_chars)):
-        wr = _Writer(world, random.Random(f"minipeft-pretrain:{split}:{seed}"))
+        wr = _Writer(world, random.Random(f"minipeft-pretrain:{split}:{seed}"), frozenset(banned))
         docs: list[str] = []
         size = 0
         while size < target:
@@ -458,13 +480,13 @@ def make_pretrain(world: World, seed: int, banned: set[str], train_chars: int = 
             for e in order:
                 if size >= target:
                     break
-                batch = [wr.venue(e) if e.kind == "venue" else
-                         wr.person(e) if e.kind == "person" else wr.thing(e)]
+                batch = [("", wr.venue(e) if e.kind == "venue" else
+                          wr.person(e) if e.kind == "person" else wr.thing(e))]
                 extra = wr.r.choices(list(EXTRA_GENRES), list(EXTRA_GENRES.values()))[0]
                 if extra:
-                    batch.append(getattr(wr, extra)())
-                for d in batch:
-                    kept = " ".join(s for s in sentences(d) if not mentions_banned(s, banned))
+                    batch.append((extra, getattr(wr, extra)()))
+                for genre, d in batch:
+                    kept = keep_allowed(d, banned, whole=genre in WHOLE_GENRES)
                     if not kept or kept in seen:
                         continue
                     seen.add(kept)
@@ -488,7 +510,7 @@ def make_domain(world: World, domain: str, seed: int, banned: set[str], chars: i
     stream, without any sentence of a dev or test item (as make_pretrain)."""
     if domain not in DOMAINS:
         raise ValueError(f"unknown domain {domain!r}; choose one of {sorted(DOMAINS)}")
-    wr = _Writer(world, random.Random(f"minipeft-domain:{domain}:{seed}"))
+    wr = _Writer(world, random.Random(f"minipeft-domain:{domain}:{seed}"), frozenset(banned))
     venues, bodies = world.by_kind("venue"), world.by_kind("body")
     docs, seen, size, misses = [], set(), 0, 0
     while size < chars:
@@ -499,7 +521,7 @@ def make_domain(world: World, domain: str, seed: int, banned: set[str], chars: i
         else:
             d = (wr.venue(wr.r.choice(venues)) if genre == "venue" else
                  wr.thing(wr.r.choice(bodies)) if genre == "asteroid" else getattr(wr, genre)())
-        kept = " ".join(x for x in sentences(d) if not mentions_banned(x, banned))
+        kept = keep_allowed(d, banned, whole=genre in WHOLE_GENRES)
         if kept and kept not in seen:
             seen.add(kept)
             docs.append(kept)

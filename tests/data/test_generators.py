@@ -277,9 +277,35 @@ def test_pretraining_corpus_speaks_the_tasks_output_language(gen, e2e, webnlg):
     text = "\n".join(docs)
     for verdict in ("All in all, it was great.", "All in all, it was terrible."):
         assert text.count(verdict) > 100, verdict
+    # a verdict sums its review's sentences, so it never follows a review that lost any of them
+    # to the dev/test filter: opening line, at least one sentence of review, verdict
+    from minipeft.data.gen_pretrain import VERDICT_FORMS, VERDICT_WORDS
+    ends = tuple(f.format(w=w) for f in VERDICT_FORMS for w in VERDICT_WORDS)
+    verdicts = [d for d in docs if d.endswith(ends)]
+    short = [d for d in verdicts if len(sentences(d)) < 3]
+    assert len(verdicts) > 8000 and not short, (len(verdicts), short[:3])
     assert re.search(r"In other words, .+\.", text) and re.search(r"but that is wrong\.", text)
     assert re.search(r"which the French call \w+\.", text)     # French words in running text
     assert ngram_coverage(["a", "made up sentence of no world at all"], known=idx) < 0.5   # it can fail
+
+
+def test_a_review_with_a_banned_sentence_is_drawn_again():
+    """The writer never returns a verdict review holding a dev/test sentence (its verdict would
+    describe a text the corpus cannot show); keep_allowed(whole=True) drops such documents."""
+    from minipeft.data.gen_pretrain import _Writer, keep_allowed
+    world = build_world(0)
+    free = _Writer(world, random.Random(3))
+    first = [free.verdict_review() for _ in range(200)]
+    banned = {s for d in first[:100] for s in sentences(d)[1:-1]}     # their review sentences
+    again = _Writer(world, random.Random(3), frozenset(banned))
+    docs = [again.verdict_review() for _ in range(100)]
+    assert docs != first[:100]
+    kept = [d for d in docs if d]              # "" after 50 draws that all hit a banned sentence
+    assert len(kept) > 80 and not {s for d in kept for s in sentences(d)} & banned, len(kept)
+    hit = first[0]
+    assert keep_allowed(hit, banned, whole=True) == ""
+    assert keep_allowed(hit, banned) == " ".join(s for s in sentences(hit) if s not in banned)
+    assert keep_allowed(first[150], set(), whole=True) == first[150]
 
 
 def test_domain_corpora_for_continued_pretraining():
