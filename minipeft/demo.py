@@ -18,7 +18,7 @@ import time
 
 
 WHAT_NEXT = """\
-What you are looking at: after a minute of training only {{q, v}}'s low-rank updates, the model has learnt
+What you are looking at: after under a minute of training only {{q, v}}'s low-rank updates, the model has learnt
 the task's format (a fluent sentence about a venue) but not yet to copy the input, so an "after" output
 often names another venue or drops an attribute: compare each one with its input line above. Try next:
 train longer and see whether the names come right (python -m minipeft.demo --steps 2000), run the adapter
