@@ -5,7 +5,9 @@
 - float64 gradient checks of every parameter through the LM, MLM and classification losses,
   with padding, prefix key/value rows, a soft prompt and dropout;
 - causality, padding, the KV cache;
-- frozen parameters get no gradient and cost no weight-gradient matmul (`backend.stats`);
+- frozen parameters get no gradient and cost no weight-gradient matmul (`backend.stats`), and no
+  product of a backward escapes that count (a plain `@`) or has a frozen weight's shape, watched
+  where the work happens (tests/backward_work.py);
 - clear errors for bad inputs.
 
 Gradient checks use tiny models (d 8, 2 layers, vocab 11) whose parameters are moved away from
@@ -598,3 +600,69 @@ def test_bert_pooling_reads_the_cls_position(backend):
     H, W, b = (B.to_numpy(t) for t in (h.data, m.pooler.weight.data, m.pooler.bias.data))
     numpy.testing.assert_allclose(got, numpy.tanh(H[:, 0] @ W.T + b), rtol=1e-12, atol=1e-12)
     assert numpy.abs(numpy.tanh(H[:, 1] @ W.T + b) - got).max() > 1e-3     # another position would show
+
+
+# ----------------------------------------------------------------------------- the work, where it happens
+
+def test_a_backward_runs_no_product_outside_the_counted_matmul(backend):
+    """Function.backward works on raw arrays: a `@` there would be a product backend.stats never
+    counts (a dW computed that way and thrown away would pass the matmul-count tests above). Every
+    product of a backward must go through backend.matmul or the attention op's counted blocks."""
+    from backward_work import raw_products
+    for arch in ("gpt2", "bert"):
+        model = build(arch)
+        loss = lm_loss(model)
+        seen = raw_products(loss.backward)
+        assert seen == [], f"{arch}: a plain `@` ran during the backward at {seen}"
+
+
+def test_the_probe_sees_a_weight_gradient_computed_with_a_plain_matmul_and_thrown_away():
+    """The mutation the matmul count cannot see: dW = G^T x with `@`, then dropped."""
+    from backward_work import raw_products
+    from minipeft.autograd import Function
+
+    class Wasteful(Function):
+        @staticmethod
+        def forward(ctx, x, w):
+            ctx.save_for_backward(x, w)
+            return B.matmul(x, w.T)
+
+        @staticmethod
+        def backward(ctx, g):
+            x, w = ctx.saved
+            gw = g.T @ x                                   # computed for a frozen weight ...
+            return B.matmul(g, w), (gw if ctx.needs_input_grad[1] else None)   # ... and thrown away
+
+    x = Tensor(numpy.ones((3, 4)), requires_grad=True)
+    w = Tensor(numpy.ones((2, 4)), requires_grad=False)
+    y = Wasteful.apply(x, w).sum()
+    here = __file__.rsplit("/", 1)[0]
+    seen = raw_products(y.backward, where=here)
+    assert [line for _, line in seen] and all(f.endswith("test_transformer.py") for f, _ in seen), seen
+
+
+def test_no_product_of_a_backward_has_the_shape_of_a_frozen_weight(monkeypatch):
+    """Counted at numpy itself (every product ends there): with block 0's Linear weights frozen,
+    no product of the backward yields an array shaped like one of them, while with them trainable
+    the same backward computes their dW (so the probe can see what it looks for)."""
+    from backward_work import product_shapes
+    if B.name != "numpy":
+        pytest.skip("counts the products at numpy, so it needs the NumPy backend")
+    names = [f"h.0.{lin}.weight" for lin in ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.fc", "mlp.proj")]
+
+    def backward_shapes(freeze):
+        model = build("gpt2")
+        params = dict(model.named_parameters())
+        for n in names:
+            params[n].requires_grad_(not freeze)
+        loss = lm_loss(model)
+        return product_shapes(loss.backward, monkeypatch), {tuple(params[n].shape) for n in names}
+
+    trained, shapes = backward_shapes(freeze=False)
+    assert shapes <= set(trained), f"the probe did not see dW of {shapes - set(trained)}"
+    frozen, _ = backward_shapes(freeze=True)
+    # (block 1's Linear layers share the shapes and still train: count them, not their presence)
+    want = {s: trained.count(s) - sum(tuple(dict(build("gpt2").named_parameters())[n].shape) == s for n in names)
+            for s in shapes}
+    got = {s: frozen.count(s) for s in shapes}
+    assert got == want, f"products shaped like a frozen weight: {got}, expected only block 1's {want}"

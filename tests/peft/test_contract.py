@@ -6,6 +6,7 @@ being added. What every method must do:
 - the registry finds it, it defines what the contract requires, its config survives JSON;
 - counted trainable parameters equal its closed-form formula, and what it saves is what trains;
 - a float64 gradient check end to end (LM and classifier) through its trainable parameters;
+- its backward runs no product outside the counted matmul (tests/backward_work.py);
 - it starts equal to the base model where it promises so (STARTS_AT_BASE);
 - outputs are compared in eval mode for a method whose training passes are random (RANDOM_IN_TRAINING);
 - training changes its own parameters and no other; the loss goes down; AdamW keeps 8 bytes per
@@ -156,6 +157,19 @@ def test_gradcheck_end_to_end(tiny, arch, method):
     assert gradcheck(lambda *_: pm(ids)[0], *params, max_per_input=2, name=f"{method} {arch} lm") < 1e-5
     loss = lambda *_: ops.cross_entropy(pm.classify(ids), y)  # noqa: E731
     assert gradcheck(loss, *params, max_per_input=2, name=f"{method} {arch} classifier") < 1e-5
+
+
+@pytest.mark.parametrize("method", NAMES)
+def test_its_backward_runs_no_product_outside_the_counted_matmul(tiny, arch, method):
+    """No `@` between raw arrays in minipeft's code during the method's backward (LM and classifier
+    losses): every product goes through backend.matmul or the attention op, where it is counted,
+    so "a frozen weight costs no weight-gradient matmul" cannot be dodged by a plain product."""
+    from backward_work import raw_products
+    pm = adapted(tiny, arch, method)
+    ids, targets, y = tiny.ids(2, 4), tiny.ids(2, 4, seed=5), tiny.labels(2)
+    loss = pm(ids, targets)[1] + ops.cross_entropy(pm.classify(ids), y)
+    seen = raw_products(loss.backward)
+    assert seen == [], f"{method} {arch}: a plain `@` ran during the backward at {seen}"
 
 
 @pytest.mark.parametrize("method", [n for n in NAMES if flag(n, "STARTS_AT_BASE")])
