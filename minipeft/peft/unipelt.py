@@ -29,30 +29,42 @@ GatedA: A x * G_L(x)); the prefix lives in a wrapper of each block's attention,
 GatedPrefixAttention, which computes G_P from the attention's input and appends the gated rows to
 whatever prefix the block passes in (prefix tuning's, a caller's).
 
-Parameters (L blocks, adapter width m, rank r on targets with (d_in, d_out), prefix length P):
+The prefix rows come, as in the official code (Li & Liang's prefix with mid_dim 512), from ONE
+reparametrising MLP shared by all the adapted layers (prefix.py's PrefixEncoder):
+
+    [P_k,1 ; P_v,1 ; ... ; P_k,n ; P_v,n] = W2 tanh(W1 P' + b1) + b2      P': (P, d), output (P, 2 n d)
+
+and each layer's GatedPrefix reads its own key and value slices of that output (j-th adapted block:
+slices 2j and 2j+1, the order of prefix.py). The MLP lives in pm.inputs[name]; every GatedPrefix
+runs it and keeps its slice (n small MLP passes per forward instead of one: simpler, and under 1 %
+of a forward at the paper's sizes). `eject` computes the rows once and keeps only them, as prefix
+tuning's eject does; prefix_projection=False trains the rows directly (P-tuning v2 style).
+
+Parameters (L blocks, adapter width m, rank r on targets with (d_in, d_out), prefix length P, MLP
+width mid, n = L adapted blocks):
     adapter: 2 m d + d + m  + (d + 1)   per block
     LoRA:    r (d_in + d_out) + (d_in + 1)   per target per block
-    prefix:  2 P d + (d + 1)   per block
+    prefix:  (d + 1) per block (the gate), plus the rows: 2 P d per block (kept, and trained when
+             prefix_projection=False) or, while the MLP trains, P d + (d mid + mid) + (mid 2nd + 2nd)
 use_adapter / use_prefix / use_lora switch a part off (the paper's UniPELT (AP): use_lora=False).
 
-Simplifications: the prefix rows are trained directly (P-tuning v2 style), not through the
-reparametrising MLP of prefix tuning; dropout on the LoRA input is left out. Not mergeable: every
-gate depends on the input. With a key/value cache the gates G_A, G_P average over the tokens of the
-current step only.
+Simplifications: dropout on the LoRA input is left out. Not mergeable: every gate depends on the
+input. With a key/value cache the gates G_A, G_P average over the tokens of the current step only.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from .. import backend, ops
+from ..autograd import no_grad
 from ..nn.layers import Linear
 from ..nn.module import Module, ModuleDict, Parameter
 from . import adapter as adapter_method
 from . import lora as lora_method
 from .common import block_indices, check_layers, n_blocks, positive_int, task_heads
-from .prefix import NEVER
+from .prefix import NEVER, PrefixEncoder
 from .routing import AdapterLayer
 
 DEFAULT_LR = 2e-3
@@ -70,6 +82,8 @@ class UniPELTConfig:
     r: int = 8                           # LoRA rank
     target_modules: tuple = ("q", "v")   # LoRA targets
     num_virtual_tokens: int = 10         # prefix length P
+    prefix_projection: bool = True       # prefix rows from one shared MLP (official); False: trained directly
+    encoder_hidden_size: int = 512       # that MLP's width mid (the official mid_dim)
     layers: tuple | None = None          # which blocks; None = all
     modules_to_save: tuple = ()
 
@@ -77,6 +91,7 @@ class UniPELTConfig:
         positive_int(self.size, "UniPELTConfig.size", "the adapter bottleneck width m")
         positive_int(self.r, "UniPELTConfig.r", "the LoRA rank")
         positive_int(self.num_virtual_tokens, "UniPELTConfig.num_virtual_tokens", "the prefix length P")
+        positive_int(self.encoder_hidden_size, "UniPELTConfig.encoder_hidden_size", "the prefix MLP width, 512")
         if self.activation not in adapter_method.ACTIVATIONS:
             raise ValueError(f"UniPELTConfig.activation {self.activation!r}: choose one of "
                              f"{list(adapter_method.ACTIVATIONS)}")
@@ -134,20 +149,37 @@ class GatedA(Module):
 
 
 class GatedPrefix(Module):
-    """One layer's prefix rows P_k, P_v (P, d) and their gate W_P (d -> 1)."""
+    """One layer's prefix rows P_k, P_v (P, d) and their gate W_P (d -> 1).
 
-    def __init__(self, P: int, d: int):
-        self.key = Parameter(backend.rng.normal((P, d), std=1.0))
-        self.value = Parameter(backend.rng.normal((P, d), std=1.0))
+    The rows are its own parameters (`key`, `value`), or, with the shared MLP, slices j of the
+    MLP's output: `source` = (the PrefixEncoder, j). The encoder is held in a tuple so that the
+    module tree (and so counting and saving) finds it once, at pm.inputs[name]."""
+
+    def __init__(self, P: int, d: int, source: tuple | None = None):
+        if source is None:
+            self.key = Parameter(backend.rng.normal((P, d), std=1.0))
+            self.value = Parameter(backend.rng.normal((P, d), std=1.0))
+        self.source = source
+        self.shape = (P, d)
         self.gate = _gate(d)
+
+    def key_value(self):
+        """(P_k, P_v), each (P, d)."""
+        if self.source is None:
+            return self.key, self.value
+        encoder, j = self.source
+        P, d = self.shape
+        theta = encoder().reshape(P, -1, d)                                 # (P, 2n, d): key 2j, value 2j+1
+        return theta[:, 2 * j], theta[:, 2 * j + 1]
 
     def rows(self, x, n_head: int):
         """(G_P P_k, G_P P_v), each (B, H, P, D), from the attention input x (B, T, d)."""
-        P, d = self.key.shape
+        P, d = self.shape
         g = ops.sigmoid(self.gate(x)).mean(axis=1, keepdims=True)           # (B, 1, 1)
         g = g.reshape(x.shape[0], 1, 1, 1)
         heads = lambda t: t.reshape(1, P, n_head, d // n_head).permute(0, 2, 1, 3)   # noqa: E731
-        return heads(self.key) * g, heads(self.value) * g
+        k, v = self.key_value()
+        return heads(k) * g, heads(v) * g
 
 
 class GatedPrefixAttention(AdapterLayer):
@@ -224,13 +256,18 @@ def add(pm, name: str, cfg: UniPELTConfig) -> None:
                 pm.model.set_submodule(path, layer)
             layer.adapters[name] = GatedBottleneck(d, cfg.size, cfg.activation, cfg.init_scale)
     if cfg.use_prefix:
-        for i in blocks:
+        P, encoder = cfg.num_virtual_tokens, None
+        if cfg.prefix_projection:           # one MLP for every adapted block's rows, (P, 2 n d)
+            encoder = PrefixEncoder(P, d, cfg.encoder_hidden_size, 2 * len(blocks) * d)
+            encoder.embedding.weight.data = backend.rng.normal((P, d), std=1.0)    # P' ~ N(0, 1), as prefix.py
+            pm.inputs[name] = encoder
+        for j, i in enumerate(blocks):
             path = f"h.{i}.attn"
             layer = pm.model.get_submodule(path)
             if not isinstance(layer, GatedPrefixAttention):
                 layer = GatedPrefixAttention(layer, mc.n_head)
                 pm.model.set_submodule(path, layer)
-            layer.prefixes[name] = GatedPrefix(cfg.num_virtual_tokens, d)
+            layer.prefixes[name] = GatedPrefix(P, d, None if encoder is None else (encoder, j))
 
 
 def remove(pm, name: str) -> None:
@@ -245,16 +282,42 @@ def remove(pm, name: str) -> None:
             del m.prefixes[name]
             if not m.prefixes.keys():
                 pm.model.set_submodule(path, m.base_layer)
+    if name in pm.inputs:                    # the shared prefix MLP
+        del pm.inputs[name]
     adapter_method.remove(pm, name)          # the SequentialAdapters, and the task-head copies
+
+
+def eject(pm, name: str = "default") -> None:
+    """Drop the prefix MLP: compute the rows once and keep each layer's as its own parameters
+    (2 P d per block). The outputs are unchanged; the config becomes prefix_projection=False."""
+    pm._check_name(name)
+    prefixes = [m.prefixes[name] for m in pm.model.modules()
+                if isinstance(m, GatedPrefixAttention) and name in m.prefixes]
+    if not prefixes or prefixes[0].source is None:
+        raise ValueError(f"adapter {name!r} has no prefix MLP to drop (use_prefix=False, "
+                         f"prefix_projection=False, or ejected before)")
+    trainable = pm.inputs[name].embedding.weight.requires_grad
+    with no_grad():
+        for gp in prefixes:
+            k, v = gp.key_value()
+            gp.key = Parameter(k.data.copy(), requires_grad=trainable)
+            gp.value = Parameter(v.data.copy(), requires_grad=trainable)
+            gp.source = None
+    del pm.inputs[name]
+    pm.peft_config[name] = replace(pm.peft_config[name], prefix_projection=False)
 
 
 def formula(model_cfg, cfg: UniPELTConfig) -> dict:
     """Per block: adapter 2md + d + m + (d + 1); LoRA r (d_in + d_out) + (d_in + 1) per target;
-    prefix 2 P d + (d + 1)."""
-    d, f, m, P = model_cfg.d_model, model_cfg.d_ff, cfg.size, cfg.num_virtual_tokens
+    prefix (d + 1) + 2 P d. While the shared prefix MLP trains, the 2 P d per block are replaced by
+    the MLP once: P d + (d mid + mid) + (mid 2nd + 2nd); kept (after eject): the rows."""
+    d, f, m, P, mid = model_cfg.d_model, model_cfg.d_ff, cfg.size, cfg.num_virtual_tokens, cfg.encoder_hidden_size
+    n = n_blocks(model_cfg, cfg.layers)
     dims = [(d, f) if t == "fc" else (f, d) if t == "proj" else (d, d) for t in cfg.target_modules]
     per_block = ((2 * m * d + d + m + d + 1) if cfg.use_adapter else 0) \
         + (sum(cfg.r * (i + o) + i + 1 for i, o in dims) if cfg.use_lora else 0) \
-        + ((2 * P * d + d + 1) if cfg.use_prefix else 0)
-    total = n_blocks(model_cfg, cfg.layers) * per_block + task_heads(model_cfg, cfg.modules_to_save)
-    return {"trainable": total, "kept": total}
+        + ((d + 1) if cfg.use_prefix else 0)
+    rows = n * 2 * P * d if cfg.use_prefix else 0
+    mlp = P * d + (d * mid + mid) + (mid * 2 * n * d + 2 * n * d) if cfg.use_prefix and cfg.prefix_projection else rows
+    kept = n * per_block + rows + task_heads(model_cfg, cfg.modules_to_save)
+    return {"trainable": kept - rows + mlp, "kept": kept}

@@ -12,12 +12,13 @@ from minipeft.peft import PeftModel, apply, registry
 from minipeft.peft import unipelt
 from minipeft.peft.adapter import AdapterConfig
 from minipeft.peft.lora import LoraConfig
+from minipeft.peft.prefix import PrefixConfig, PrefixEncoder
 from minipeft.peft.unipelt import UniPELTConfig
 from minipeft.train import fit
 
 pytestmark = pytest.mark.task_api
 
-SMALL = dict(size=3, r=2, num_virtual_tokens=2)
+SMALL = dict(size=3, r=2, num_virtual_tokens=2, prefix_projection=False)   # rows trained directly; the MLP below
 
 
 def gated(pm, kind):
@@ -149,3 +150,78 @@ def test_not_mergeable_and_errors(tiny):
         UniPELTConfig(target_modules=("nope",))
     with pytest.raises(ValueError, match="UniPELTConfig.size"):
         UniPELTConfig(size=0)
+    with pytest.raises(ValueError, match="UniPELTConfig.encoder_hidden_size"):
+        UniPELTConfig(encoder_hidden_size=0)
+
+
+# ----------------------------------------------------------------------------- the shared prefix MLP
+
+MLP = dict(size=3, r=2, num_virtual_tokens=2, encoder_hidden_size=5)          # prefix_projection=True
+
+
+def test_one_mlp_gives_every_layers_rows_counted_once(tiny, arch):
+    pm = apply(tiny.model(arch), UniPELTConfig(**MLP))
+    d, P, mid, n = 8, 2, 5, 2
+    encoders = gated(pm, PrefixEncoder)
+    assert len(encoders) == 1 and encoders[0] is pm.inputs["default"]
+    names = [n for n, _ in pm.named_parameters() if "transform_in" in n]
+    assert names == ["inputs.default.transform_in.weight", "inputs.default.transform_in.bias"], names
+    f = registry.METHODS["unipelt"].formula(pm.config, UniPELTConfig(**MLP))
+    direct = registry.METHODS["unipelt"].formula(pm.config, UniPELTConfig(**SMALL))
+    mlp = P * d + (d * mid + mid) + (mid * 2 * n * d + 2 * n * d)
+    assert f["trainable"] == direct["trainable"] - n * 2 * P * d + mlp == sum(p.size for p in pm.trainable_parameters())
+    assert f["kept"] == direct["kept"] == direct["trainable"]
+
+
+def test_with_open_gates_the_prefix_part_is_prefix_tuning_with_the_same_mlp(tiny, arch):
+    """An independent oracle for which slice is whose: prefix.py (Hugging Face's layout of P_theta)
+    with the same MLP weights gives exactly the outputs of UniPELT's prefix with its gates at 1."""
+    pm = apply(tiny.model(arch), UniPELTConfig(use_adapter=False, use_lora=False, **MLP))
+    tiny.perturb(pm)
+    set_gate_bias(pm, unipelt.GatedPrefix, numpy.inf)             # sigmoid(+inf) = 1 exactly
+    ref = apply(tiny.model(arch), PrefixConfig(num_virtual_tokens=2, encoder_hidden_size=5))
+    mine, theirs = dict(pm.inputs["default"].named_parameters()), dict(ref.inputs["default"].named_parameters())
+    assert set(mine) == set(theirs)
+    for k, p in theirs.items():
+        p.data = mine[k].data.copy()
+    ids = tiny.ids()
+    assert numpy.abs(tiny.np(pm(ids)[0]) - tiny.np(ref(ids)[0])).max() < 1e-12
+
+
+def test_gradcheck_through_the_mlp_and_the_gates(tiny, arch):
+    pm = apply(tiny.model(arch, n_labels=3), UniPELTConfig(**MLP))
+    tiny.perturb(pm)
+    ids, y = tiny.ids(2, 4), tiny.labels(2)
+    loss = lambda *_: ops.cross_entropy(pm.classify(ids), y)  # noqa: E731
+    assert gradcheck(loss, *pm.trainable_parameters(), max_per_input=3, name="unipelt with the prefix MLP") < 1e-5
+
+
+def test_eject_keeps_the_outputs_and_only_the_rows(tiny, arch, tmp_path):
+    pm = apply(tiny.model(arch, n_labels=3), UniPELTConfig(modules_to_save=("cls_head",), **MLP))
+    tiny.perturb(pm)
+    ids = tiny.ids()
+    want = tiny.np(pm.classify(ids))
+    unipelt.eject(pm)
+    assert "default" not in pm.inputs and not gated(pm, PrefixEncoder)
+    assert pm.peft_config["default"].prefix_projection is False
+    assert numpy.abs(tiny.np(pm.classify(ids)) - want).max() < 1e-12
+    f = registry.METHODS["unipelt"].formula(pm.config, UniPELTConfig(modules_to_save=("cls_head",), **MLP))
+    assert sum(p.size for p in pm.trainable_parameters()) == f["kept"]
+    pm.save_pretrained(str(tmp_path))                        # the ejected adapter loads as a direct one
+    loaded = PeftModel.from_pretrained(tiny.model(arch, n_labels=3), str(tmp_path))
+    assert numpy.array_equal(tiny.np(loaded.classify(ids)), tiny.np(pm.classify(ids)))
+    with pytest.raises(ValueError, match="no prefix MLP to drop"):
+        unipelt.eject(pm)
+
+
+def test_delete_adapter_drops_the_mlp(tiny):
+    model = tiny.model("gpt2")
+    ids = tiny.ids()
+    base = tiny.np(model(ids)[0])
+    pm = apply(model, UniPELTConfig(**MLP))
+    tiny.perturb(pm)
+    pm.add_adapter("other", UniPELTConfig(**SMALL))
+    pm.delete_adapter("default")
+    assert "default" not in pm.inputs and not gated(pm, PrefixEncoder)
+    pm.delete_adapter("other")
+    assert numpy.array_equal(tiny.np(pm(ids)[0]), base)
