@@ -209,6 +209,15 @@ def matmul(a, b, out=None, bias=None):
     return out
 
 
+def take_rows(a, rows, out):
+    """out[...] = a[rows] along the first axis, written into `out` (any strides: a view of a
+    larger buffer) without a temporary on NumPy; rows: a device int array of valid indices."""
+    if name == "numpy":
+        return numpy.take(a, rows, axis=0, out=out, mode="clip")   # "clip": unbuffered (rows are valid)
+    out[...] = a[rows]
+    return out
+
+
 def scatter_add(target, indices, values):
     """target[indices[i]] += values[i] for every i, correct with repeated indices on both backends.
 

@@ -14,9 +14,11 @@ how they choose:
 
 The key/value cache (use_cache=True, the default). Without it, step t re-encodes all t tokens
 so far: O(t^2) work per sequence. With it, the first step encodes the prompt and each layer
-keeps its keys and values (`model.new_cache()`); every later step feeds only the one new token,
-whose query attends to the cached keys. Same numbers, far less work. use_cache=False is kept as
-the slow reference that the tests compare against.
+keeps its keys and values (`model.new_cache(capacity)`, sized for the final length so that its
+buffers are filled in place, nn/transformer.cache_append); every later step feeds only the one
+new token, whose query attends to the cached keys. Same numbers, far less work. use_cache=False
+is kept as the slow reference that the tests compare against. (A model of your own that
+generate drives needs new_cache(capacity=None) and encode(ids, prefix, cache, prompt).)
 
 Prompts of different lengths decode as one batch. The model has learned absolute positions
 starting at 0 for a sequence's first token, so a batch is padded on the left (every row's newest
@@ -54,6 +56,7 @@ import operator
 
 from . import backend, ops
 from .autograd import Tensor, no_grad
+from .nn.transformer import cache_keep_rows
 
 METHODS = ("greedy", "beam", "sample")
 
@@ -178,14 +181,17 @@ class _Stepper:
 
     PAD = 0                                    # any valid id: padded positions are never attended
 
-    def __init__(self, model, ids, prefix, prompt, use_cache):
+    def __init__(self, model, ids, prefix, prompt, use_cache, max_new_tokens: int):
         self.model = model
         self.seqs = [list(r) for r in ids]     # the host copy of every row (prompt + new tokens)
         width = max(len(r) for r in ids)
         self.pads = [width - len(r) for r in ids]
         self.P = 0                             # soft-prompt keys in the cache (known after start)
         self.prefix, self.prompt = prefix, prompt
-        self.cache = model.new_cache() if use_cache else None
+        # the cache's final length: soft prompts (the caller's, a PeftModel's) + prompt + new tokens
+        soft = (0 if prompt is None else prompt.shape[1]) + \
+            (model.context_positions() if hasattr(model, "context_positions") else 0)
+        self.cache = model.new_cache(capacity=soft + width + max_new_tokens) if use_cache else None
 
     def _padding(self, width: int):
         """Host arrays for `width` token columns: the mask (B, width), 1 = real token, and the
@@ -225,7 +231,7 @@ class _Stepper:
         self.prompt = _rows(self.prompt, idx)
         if self.cache is not None:
             for layer in self.cache:
-                layer["k"], layer["v"] = layer["k"][idx], layer["v"][idx]
+                cache_keep_rows(layer, idx)
 
     def step(self, tokens: list[int]):
         for s, t in zip(self.seqs, tokens):
@@ -269,7 +275,7 @@ def _decode(model, prompts, max_new_tokens, eos_id, choose, use_cache, prefix, p
     if max_new_tokens == 0:
         return out
     with no_grad(), _eval_mode(model):
-        stepper = _Stepper(model, prompts, prefix, prompt, use_cache)
+        stepper = _Stepper(model, prompts, prefix, prompt, use_cache, max_new_tokens)
         live = list(range(len(prompts)))     # the output row of each batch row
         logits = stepper.start()
         for step in range(max_new_tokens):
@@ -437,7 +443,7 @@ def _beam_batch(model, prompts, max_new_tokens, eos_id, K, length_penalty, use_c
     """Beam search for every prompt at once: the batch holds the live beams of all prompts that
     are still searching, each prompt's beams in consecutive rows. Each prompt chooses among its
     own candidates exactly as it would alone; a prompt that is done leaves the batch."""
-    stepper = _Stepper(model, prompts, prefix, prompt, use_cache)
+    stepper = _Stepper(model, prompts, prefix, prompt, use_cache, max_new_tokens)
     logits = stepper.start()                         # (N, V): one row per prompt
     searches = [_Search(i) for i in range(len(prompts))]
     live = list(range(len(prompts)))

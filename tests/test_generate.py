@@ -275,7 +275,7 @@ class TableLM:
         self.config = TransformerConfig(vocab_size=vocab_size, n_ctx=16, d_model=4, n_layer=1, n_head=1)
         self.table, self.prompt_len = table, prompt_len
 
-    def new_cache(self):
+    def new_cache(self, capacity=None):
         return [dict()]
 
     def encode(self, ids, prefix=None, cache=None, prompt=None):

@@ -106,15 +106,67 @@ class SelfAttention(Module):
             if is_grad_enabled() and (x.requires_grad or k.requires_grad):
                 raise RuntimeError("the key/value cache stores plain arrays (no gradient flows into "
                                    "them): use it for generation, inside `with minipeft.no_grad():`")
-            if "k" in cache:
-                k = Tensor(backend.xp.concatenate([cache["k"], k.data], axis=2))
-                v = Tensor(backend.xp.concatenate([cache["v"], v.data], axis=2))
-            cache["k"], cache["v"] = k.data, v.data
+            k, v = (Tensor(t) for t in cache_append(cache, k.data, v.data))  # (B, H, T_past + T, D)
         kp, vp, start = (tuple(prefix) + (None,))[:3] if prefix is not None else (None, None, None)
         y = ops.attention(q, k, v, kp, vp, causal=self.causal, key_mask=key_mask,
                           prefix_start=start)                                       # (B, H, T, D)
         y = y.permute(0, 2, 1, 3).reshape(B, T, d)                                  # (B, T, d)
         return self.o(y)
+
+
+# ----------------------------------------------------------------------------- the key/value cache
+# (speed machinery: what the cache holds is cache["k"], cache["v"], (B, H, T_past, D); how it grows
+# is below. Generation asks for a capacity, the final length, so that nothing is copied per token.)
+
+def cache_append(cache: dict, k, v):
+    """Append this step's keys and values (B, H, T, D) to one layer's cache and return all of
+    them, (B, H, T_past + T, D). A cache with a "capacity" (Transformer.new_cache(capacity))
+    keeps buffers of that many positions, allocated at its first call: appending writes the new
+    columns in place and cache["k"] is a view of the filled part, so no step copies the past.
+    Without one (or beyond it) the past is concatenated, a copy of the whole cache per step."""
+    past = cache["k"].shape[2] if "k" in cache else 0
+    B, H, T, D = k.shape
+    cap = cache.get("capacity")
+    if cap is None or past + T > cap or ("k_buf" in cache and cache["k_buf"].shape[0] < B):
+        if past:
+            k = backend.xp.concatenate([cache["k"], k], axis=2)
+            v = backend.xp.concatenate([cache["v"], v], axis=2)
+        for name in ("k_buf", "v_buf", "k_spare", "v_spare"):    # (buffers no longer in use)
+            cache.pop(name, None)
+        cache["k"], cache["v"] = k, v
+        return k, v
+    if "k_buf" not in cache:          # first call, or the batch grew (beam search): the past moves in once
+        cache["k_buf"] = backend.xp.empty((B, H, cap, D), k.dtype)
+        cache["v_buf"] = backend.xp.empty((B, H, cap, D), v.dtype)
+        cache.pop("k_spare", None), cache.pop("v_spare", None)
+        if past:
+            cache["k_buf"][:B, :, :past], cache["v_buf"][:B, :, :past] = cache["k"], cache["v"]
+    kb, vb = cache["k_buf"], cache["v_buf"]
+    kb[:B, :, past:past + T], vb[:B, :, past:past + T] = k, v
+    cache["k"], cache["v"] = kb[:B, :, :past + T], vb[:B, :, :past + T]
+    return cache["k"], cache["v"]
+
+
+def cache_keep_rows(cache: dict, rows) -> None:
+    """Keep these batch rows of one layer's cache, in this order (repeats allowed: beam search
+    copies a parent's row into each of its children), rows a device int array. With buffers the
+    filled part is gathered into a second buffer of the same size and the two are swapped."""
+    if "k_buf" not in cache or cache["k_buf"].shape[0] < len(rows):   # no buffers, or more rows than they hold
+        cache["k"], cache["v"] = cache["k"][rows], cache["v"][rows]
+        for name in ("k_buf", "v_buf", "k_spare", "v_spare"):
+            cache.pop(name, None)
+        return
+    n, (B, T) = len(rows), cache["k"].shape[::2]
+    for name in ("k", "v"):
+        buf = cache[name + "_buf"]
+        spare = cache.get(name + "_spare")
+        if spare is None:
+            spare = cache[name + "_spare"] = backend.xp.empty_like(buf)
+        # whole rows of the buffer, unfilled columns too: a copy between contiguous blocks is
+        # several times faster than one into the strided view of the filled part
+        backend.take_rows(buf[:B], rows, out=spare[:n])
+        cache[name + "_buf"], cache[name + "_spare"] = spare, buf
+        cache[name] = spare[:n, :, :T]
 
 
 class MLP(Module):
@@ -342,6 +394,8 @@ class Transformer(Module):
         logits = self.lm_logits(self.encode(ids, attention_mask, token_type_ids, **kw))
         return logits, (None if targets is None else ops.cross_entropy(logits, targets))
 
-    def new_cache(self) -> list:
-        """An empty key/value cache, one dict per layer (see SelfAttention.forward)."""
-        return [dict() for _ in range(self.config.n_layer)]
+    def new_cache(self, capacity: int | None = None) -> list:
+        """An empty key/value cache, one dict per layer (see SelfAttention.forward). capacity: the
+        most positions it will hold (soft prompt + prompt + new tokens): its buffers are then
+        allocated once and filled in place (cache_append)."""
+        return [dict() if capacity is None else {"capacity": int(capacity)} for _ in range(self.config.n_layer)]

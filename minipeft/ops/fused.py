@@ -332,9 +332,11 @@ class Attention(Function):
         neg = q.dtype.type(_NEG)
 
         def attend_rows(q, k, v, s, out, *mask):                # a block of the batch (or heads), in place
-            # K'^T copied contiguous: OpenBLAS multiplies by a transposed (D, T) operand ~2x slower
-            kt = xp.ascontiguousarray(k.swapaxes(-1, -2))       # (b, H, D, P+Tk)
-            xp.matmul(q * scale, kt, out=s)                      # S = Q K'^T / sqrt(D), scaled on the small side
+            if Tq == 1:   # one new token (decoding): S^T = K' q^T, a matrix-vector product, no copy of K'
+                xp.matmul(k, (q * scale).swapaxes(-1, -2), out=s.swapaxes(-1, -2))
+            else:         # K'^T copied contiguous: OpenBLAS multiplies by a transposed (D, T) operand ~2x slower
+                kt = xp.ascontiguousarray(k.swapaxes(-1, -2))   # (b, H, D, P+Tk)
+                xp.matmul(q * scale, kt, out=s)                  # S = Q K'^T / sqrt(D), scaled on the small side
             if mask:
                 xp.copyto(s, neg, where=mask[0])                 # blocked keys: S = -1e9
             s -= s.max(axis=-1, keepdims=True)                   # A = softmax(S) along the keys

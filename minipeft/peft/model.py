@@ -226,8 +226,8 @@ class PeftModel(Module):
         with parametrize.effective_weights(self, routing.route_of(self, adapter_names, batch_size), batch_size):
             yield
 
-    def new_cache(self) -> list:
-        return self.model.new_cache()
+    def new_cache(self, capacity: int | None = None) -> list:
+        return self.model.new_cache(capacity)
 
     def forward(self, ids, targets=None, attention_mask=None, token_type_ids=None, adapter_names=None):
         """Like Transformer.forward: (logits (B, T, V), loss or None)."""

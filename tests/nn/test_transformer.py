@@ -367,7 +367,8 @@ def test_bert_token_types_matter(backend):
 
 @pytest.mark.parametrize("dtype,tol", [(numpy.float32, 1e-5), (numpy.float64, 1e-10)])
 @pytest.mark.parametrize("with_prefix", [False, True], ids=["plain", "prefix"])
-def test_kv_cache_matches_full_forward(backend, dtype, tol, with_prefix):
+@pytest.mark.parametrize("capacity", [None, 9, 6], ids=["no_capacity", "capacity", "too_small"])
+def test_kv_cache_matches_full_forward(backend, dtype, tol, with_prefix, capacity):
     model = build("gpt2", dtype=dtype, n_ctx=16)
     prefix = None
     if with_prefix:
@@ -377,7 +378,7 @@ def test_kv_cache_matches_full_forward(backend, dtype, tol, with_prefix):
     ids = ids_of(2, 9)
     with minipeft.no_grad():
         full = np_(model(ids, prefix=prefix)[0])
-        cache = model.new_cache()
+        cache = model.new_cache(capacity)        # 6 < 9 positions: it grows by concatenation past 6
         steps = [np_(model(ids[:, :4], prefix=prefix, cache=cache)[0])]
         for t in range(4, 9):
             steps.append(np_(model(ids[:, t:t + 1], prefix=prefix, cache=cache)[0]))
@@ -387,6 +388,29 @@ def test_kv_cache_matches_full_forward(backend, dtype, tol, with_prefix):
     assert err < tol, f"incremental decoding differs from the full forward by {err} (tolerance {tol})"
     assert all(c["k"].shape == (2, 2, 9, 4) and c["v"].shape == (2, 2, 9, 4) for c in cache), \
         [c["k"].shape for c in cache]
+
+
+def test_a_cache_with_capacity_appends_in_place_and_keeps_rows_like_indexing(backend):
+    """With a capacity, the past is never copied by an append (cache["k"] is a view of one buffer
+    for the whole generation), and keeping rows (beam search's reorder, with repeats; greedy's
+    dropping of finished rows) gives exactly what indexing the concatenated cache gives."""
+    from minipeft.nn.transformer import cache_append, cache_keep_rows
+    gen = numpy.random.default_rng(0)
+    new = lambda B_, T: [B.to_device(gen.normal(size=(B_, 2, T, 4)).astype(numpy.float32)) for _ in "kv"]  # noqa: E731
+    plain, fast = {}, {"capacity": 12}
+    for step, (B_, T, keep) in enumerate([(3, 4, [2, 0, 0, 1]), (4, 1, [3, 3, 1]), (3, 1, None), (3, 1, [1])]):
+        k, v = new(B_, T)
+        want = cache_append(plain, k, v)
+        got = cache_append(fast, k, v)
+        assert all(numpy.array_equal(np_(g), np_(w)) for g, w in zip(got, want)), f"step {step}"
+        if step >= 1:        # the buffer of this batch size exists: the append wrote into it
+            assert numpy.shares_memory(np_(fast["k"]), np_(fast["k_buf"])) if B.name == "numpy" else True
+        if keep is not None:
+            rows = B.to_device(numpy.asarray(keep), dtype=B.int64)
+            cache_keep_rows(plain, rows)
+            cache_keep_rows(fast, rows)
+            assert numpy.array_equal(np_(fast["k"]), np_(plain["k"])) and numpy.array_equal(np_(fast["v"]), np_(plain["v"]))
+    assert fast["k"].shape == (1, 2, 7, 4) and fast["k_buf"].shape == (4, 2, 12, 4)
 
 
 def test_kv_cache_after_a_soft_prompt(backend):
