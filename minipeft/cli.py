@@ -248,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--patience", type=int, default=None)
     f.add_argument("--self-ensemble", type=int, default=None, metavar="K",
                    help="also evaluate the mean of the trained parameters over the last K steps (self-ensemble)")
+    f.add_argument("--self-distill", type=float, default=None, metavar="LAMBDA",
+                   help="add lambda * MSE to a teacher made of the last K steps (K = --self-ensemble or 5; "
+                        "Xu et al. 2020: lambda 1.0); trains in one process")
+    f.add_argument("--teacher", choices=("average", "vote"), default="average",
+                   help="--self-distill's teacher: the averaged parameters (SDA) or the averaged outputs (SDV)")
     f.add_argument("--data", default=None, metavar="DIR",
                    help="read the task from DIR, a folder laid out like data/ (e.g. DIR/e2e/train.csv,"
                         " or the real releases' names: DIR/e2e/trainset.csv ...); default: data/")

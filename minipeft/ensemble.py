@@ -8,17 +8,19 @@ Self-ensemble (their BERT_SE): the average of the trained parameters over the la
 
 evaluated as a model of its own (`History.averaged`; `apply_average` puts it into the model).
 
-Self-distillation: the student is also pulled toward a teacher made from its own past,
+Self-distillation: the student is also pulled toward a teacher made from its own PAST,
 
     L = L_task(theta_t) + lambda * mean_i (z_i(theta_t) - z_i^teacher)^2                  (2)
 
 z: the model's outputs on the batch (logits, from `outputs_fn(model, batch)`), the mean over
-every output entry (the paper's MSE). Two teachers:
-  "average" (BERT_SDA): z^teacher = z(theta_bar), the outputs of the averaged parameters (1);
-  "vote"    (BERT_SDV): z^teacher = (1/K) sum_k z(theta_{t-k}), the averaged outputs of the last
-            K models (K forward passes).
-The teacher is computed without gradients from the window *before* this step's update; the first
-step, with an empty window, has no distillation term.
+every output entry (the paper's MSE). Two teachers, from the K parameter values before theta_t:
+  "average" (BERT_SDA): z^teacher = z(theta_bar), theta_bar = (1/K) sum_{k=1..K} theta_{t-k};
+  "vote"    (BERT_SDV): z^teacher = (1/K) sum_{k=1..K} z(theta_{t-k}), the averaged outputs of
+            the K past models (K forward passes).
+The teacher never contains the student's own theta_t (with K = 1 it would then equal the student
+and the term would vanish); it is computed without gradients. Until a past value exists (the
+first two steps: no value yet, then only theta_t itself) there is no distillation term; while
+fewer than K exist, the teacher averages those there are.
 
 Shapes: the window holds K copies of the trained parameters (PEFT: only the adapter's, which is
 what makes this cheap); z: whatever outputs_fn returns, e.g. (B, n_labels) or (B, T, V).
@@ -35,13 +37,14 @@ from .autograd import Tensor, no_grad
 
 
 class ParameterWindow:
-    """The last K values of a list of parameters (copies), and their mean (1)."""
+    """The last K values of a list of parameters (copies), and their mean (1). extra=1 keeps one
+    more, so that the K values before the newest one (a self-distillation teacher) are at hand."""
 
-    def __init__(self, params: list, k: int):
+    def __init__(self, params: list, k: int, extra: int = 0):
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"self-ensemble window K={k!r}: expected a whole number of steps >= 1 (e.g. 5)")
         self.params, self.k = list(params), k
-        self.snapshots: deque = deque(maxlen=k)
+        self.snapshots: deque = deque(maxlen=k + extra)
 
     def push(self) -> None:
         """Take a copy of the parameters as they are now (after an optimizer step)."""
@@ -50,10 +53,15 @@ class ParameterWindow:
     def __len__(self) -> int:
         return len(self.snapshots)
 
-    def mean(self) -> list:
-        """theta_bar: one array per parameter, the mean over the window (1)."""
-        n = len(self.snapshots)
-        return [sum(s[i] for s in self.snapshots) / n for i in range(len(self.params))]
+    def mean(self, snapshots=None) -> list:
+        """theta_bar: one array per parameter, the mean of the last K values (1), or of `snapshots`."""
+        snaps = list(self.snapshots)[-self.k:] if snapshots is None else snapshots
+        return [sum(s[i] for s in snaps) / len(snaps) for i in range(len(self.params))]
+
+    def past(self) -> list:
+        """The (up to) K values before the newest one: theta_{t-1} .. theta_{t-K} when the newest,
+        theta_t, is what the parameters hold now (pushed after the last update)."""
+        return list(self.snapshots)[:-1][-self.k:]
 
     def mean_by_name(self, model) -> dict:
         """{parameter name: theta_bar} for the parameters of `model` in the window."""
@@ -95,15 +103,17 @@ class SelfDistillation:
             raise ValueError("SelfDistillation.outputs_fn must be a function (model, batch) -> outputs Tensor")
 
     def teacher_outputs(self, model, batch, window: ParameterWindow):
-        """z_teacher from the window (no gradients), as an array; None while the window is empty."""
-        if not len(window):
+        """z_teacher from the window's past values (no gradients), as an array; None while there
+        is none (see the module docstring)."""
+        past = window.past()
+        if not past:
             return None
         with no_grad():
             if self.teacher == "average":
-                with parameters_set_to(window.params, window.mean()):
+                with parameters_set_to(window.params, window.mean(past)):
                     return self.outputs_fn(model, batch).data.copy()
             outs = []
-            for snap in window.snapshots:
+            for snap in past:
                 with parameters_set_to(window.params, snap):
                     outs.append(self.outputs_fn(model, batch).data.copy())
             return sum(outs) / len(outs)

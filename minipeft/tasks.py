@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import backend, ops
 from .autograd import no_grad
@@ -217,14 +217,24 @@ def lm_loss(model, batch):
     """Mean cross-entropy over the target tokens (targets != -100), as model(ids, targets) computes
     it, but the LM head (d x V, the costliest matmul) runs only at those positions: the source and
     the padding, about half of an E2E batch, predict nothing, so their logits are never formed."""
+    logits, targets = target_logits(model, batch)
+    if logits is None:
+        return model(batch["ids"], batch["targets"])[1]
+    return ops.cross_entropy(logits, targets)                             # logits (N, V) -> scalar
+
+
+def target_logits(model, batch):
+    """(logits (N, V) at the N target positions of a seq2seq batch, their targets (N,) host ints),
+    or (None, None) when the batch has no target. What lm_loss scores, and what self-distillation
+    matches on a generation task."""
     hostnp = backend.host()
     targets = hostnp.asarray(backend.to_numpy(batch["targets"]))
     rows, cols = hostnp.nonzero(targets != -100)                          # (N,), (N,) target positions
     if len(rows) == 0:
-        return model(batch["ids"], batch["targets"])[1]
+        return None, None
     h = model.encode(batch["ids"])                                        # (B, T, d)
     h_t = h[backend.to_device(rows), backend.to_device(cols)]             # (N, d)
-    return ops.cross_entropy(model.lm_logits(h_t), targets[rows, cols])   # logits (N, V) -> scalar
+    return model.lm_logits(h_t), targets[rows, cols]
 
 
 def soft_prompt_length(model) -> int:
@@ -393,7 +403,8 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
              eval_every: int = 100, patience: int | None = None, out_dir: str | None = None,
              seed: int = 0, progress: bool = True, show: int = 0, verbose: bool = True,
              processes: int | None = None, data_dir: str | None = None,
-             overwrite: bool = False, self_ensemble: int | None = None) -> FinetuneResult:
+             overwrite: bool = False, self_ensemble: int | None = None, self_distill: float | None = None,
+             teacher: str = "average") -> FinetuneResult:
     """Fine-tune a shipped model on `task` with `peft_config`; keep and save the best adapter.
     processes: None (default) = one process per usable core where data parallelism is supported
     (parallel.default_processes: Linux, NumPy), the same result to rounding as 1; 1 = one process;
@@ -405,7 +416,12 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
     an earlier run is refused unless overwrite=True. Every bad option is reported before any work.
     self_ensemble: K, also evaluate the mean of the trained parameters over the last K steps as a
     model of its own (ensemble.py; result.averaged and result.json "averaged"); the saved adapter
-    stays the best evaluation's."""
+    stays the best evaluation's.
+    self_distill: lambda, add self-distillation (Xu et al. 2020): lambda times the mean squared
+    difference between the model's outputs (the classifier's logits; on a generation task the
+    logits at the target tokens) and a teacher's, the parameters averaged over the last K steps
+    (teacher="average", BERT_SDA) or the average of those K models' outputs ("vote", BERT_SDV);
+    K = self_ensemble, or 5. The teacher's forward passes run in this process: processes is 1."""
     from .hf import load_pretrained as load_model_and_tokenizer
     from .peft import apply
     from .peft.registry import method_of
@@ -415,6 +431,16 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
     if self_ensemble is not None and (isinstance(self_ensemble, bool) or not isinstance(self_ensemble, int)
                                       or not 1 <= self_ensemble <= steps):
         raise ValueError(f"--self-ensemble {self_ensemble!r}: expected a whole number of steps from 1 to --steps ({steps})")
+    distill = None
+    if self_distill is not None:
+        from .ensemble import SelfDistillation
+        if isinstance(self_distill, bool) or not isinstance(self_distill, (int, float)) or not self_distill >= 0:
+            raise ValueError(f"--self-distill {self_distill!r}: expected the weight lambda >= 0 of the distillation "
+                             f"term (Xu et al. use 1.0)")
+        if processes not in (None, 1):
+            raise ValueError(f"--self-distill runs the teacher in this process: use --processes 1, not {processes}")
+        distill = SelfDistillation(float(self_distill), lambda m, b: None, k=self_ensemble or 5, teacher=teacher)
+        processes = 1
     from .parallel import check_supported, default_processes
     method = method_of(peft_config)
     if processes is None and getattr(method, "ONE_PROCESS", False):
@@ -448,9 +474,11 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
         batches = cls_batches(tok, train, batch_size, n_ctx, seed, lm=is_lm)
         loss_fn, select = cls_loss_fn(score_fn), "accuracy"
         evaluate = lambda m: evaluate_classification(m, tok, dev, score_fn, n_ctx, lm=is_lm)  # noqa: E731
+        outputs_fn = score_fn
     else:
         batches = seq2seq_batches(tok, train, batch_size, n_ctx, seed)
         loss_fn, select = lm_loss, "bleu"
+        outputs_fn = lambda m, b: target_logits(m, b)[0]  # noqa: E731
         dev_pairs = [Seq2SeqExample(e.source, e.refs[:1]) for e in dev]
         held = [next(seq2seq_batches(tok, dev_pairs[i:i + batch_size], min(batch_size, len(dev_pairs[i:i + batch_size])),
                                      n_ctx, seed=1)) for i in range(0, len(dev_pairs), batch_size)]
@@ -489,7 +517,8 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
                    schedule="linear", eval_fn=lambda m: {k: v for k, v in evaluate(m).items() if k != "outputs"},
                    eval_every=eval_every, select=select, mode="max", patience=patience, on_best=keep_best,
                    log_path=os.path.join(out_dir, "log.jsonl"), progress=progress,
-                   desc=f"{task} {peft_config.method}", processes=processes, self_ensemble=self_ensemble)
+                   desc=f"{task} {peft_config.method}", processes=processes, self_ensemble=self_ensemble,
+                   self_distill=None if distill is None else replace(distill, outputs_fn=outputs_fn))
     except KeyboardInterrupt:
         if kept:
             raise FinetuneInterrupted(f"interrupted: kept the best adapter so far (step {kept['step']}, dev "
@@ -658,6 +687,6 @@ def finetune_cli(a) -> None:
                    train_size=a.train_size, eval_size=a.eval_size, eval_every=a.eval_every,
                    patience=a.patience, out_dir=a.out, seed=a.seed, progress=not a.quiet, show=3,
                    processes=a.processes, data_dir=a.data, overwrite=a.overwrite,
-                   self_ensemble=a.self_ensemble)
+                   self_ensemble=a.self_ensemble, self_distill=a.self_distill, teacher=a.teacher)
     for src, b, c in res.examples:
         print(f"\n{src}\n  before: {b}\n  after:  {c}")

@@ -166,7 +166,7 @@ def _window(trained, self_ensemble, self_distill):
     if self_distill is not None and self_ensemble is not None and self_distill.k != self_ensemble:
         raise ValueError(f"fit: self_ensemble={self_ensemble} and self_distill.k={self_distill.k} must be one "
                          f"window size (the teacher is the ensemble)")
-    return ParameterWindow(trained, k)
+    return ParameterWindow(trained, k, extra=1 if self_distill is not None else 0)   # the teacher: K before now
 
 
 def apply_average(model, averaged: dict) -> None:

@@ -75,50 +75,77 @@ def test_distillation_loss_gradient_float64():
 
 @pytest.mark.parametrize("teacher", ["average", "vote"])
 def test_teacher_outputs_are_the_averaged_models_or_the_averaged_outputs(teacher):
+    """The teacher is made of the K = 3 values BEFORE the newest (which the model holds now)."""
     m, b = _model(), _batch()
-    window = ParameterWindow([m.weight, m.bias], 3)
+    window = ParameterWindow([m.weight, m.bias], 3, extra=1)
     snaps = []
     gen = numpy.random.default_rng(4)
-    for _ in range(3):
+    for _ in range(5):                                   # the window keeps the last 4 of 5
         m.weight.data = backend.to_device(gen.normal(size=m.weight.shape))
         m.bias.data = backend.to_device(gen.normal(size=m.bias.shape))
         snaps.append((backend.to_numpy(m.weight.data).copy(), backend.to_numpy(m.bias.data).copy()))
         window.push()
     x = backend.to_numpy(b["x"].data)
     lin = lambda w, bias: x @ w.T + bias if w.shape[0] == 2 else x @ w + bias   # noqa: E731
+    past = snaps[1:4]                                    # theta_{t-3}, theta_{t-2}, theta_{t-1}; snaps[4] = theta_t
     if teacher == "average":
-        want = lin(numpy.mean([s[0] for s in snaps], 0), numpy.mean([s[1] for s in snaps], 0))
+        want = lin(numpy.mean([s[0] for s in past], 0), numpy.mean([s[1] for s in past], 0))
     else:
-        want = numpy.mean([lin(*s) for s in snaps], 0)
+        want = numpy.mean([lin(*s) for s in past], 0)
     got = backend.to_numpy(SelfDistillation(1.0, outputs, k=3, teacher=teacher).teacher_outputs(m, b, window))
     assert numpy.abs(got - want).max() < 1e-12
     assert numpy.abs(got - backend.to_numpy(outputs(m, b).data)).max() > 1e-3, "not the current model"
 
 
 def test_self_distillation_adds_its_term_to_the_step():
-    """Three SGD steps with lam = 2, k = 2, teacher "average": steps 1 and 2 have no pull (an empty
-    window, then a teacher equal to the student); step 3 is, by hand,
-    theta_3 = theta_2 - lr * d/dtheta [L_task + lam mean (z(theta) - z(mean(theta_1, theta_2)))^2] at theta_2."""
+    """Four SGD steps with lam = 2, k = 2, teacher "average", by hand: steps 1 and 2 have no pull
+    (no past value yet, then only the student's own theta_1); step 3's teacher is theta_1, step 4's
+    the mean of theta_1 and theta_2 (never the student's theta_t itself):
+        theta_{t+1} = theta_t - lr * d/dtheta [L_task + lam mean (z(theta) - z(teacher))^2] at theta_t."""
     b, lr, lam = _batch(), 0.1, 2.0
     m = _model()
-    fit(m, task_loss, [b], steps=3, optimizer=SGD(list(m.parameters()), lr=lr), schedule="constant",
+    fit(m, task_loss, [b], steps=4, optimizer=SGD(list(m.parameters()), lr=lr), schedule="constant",
         clip=None, progress=False, self_distill=SelfDistillation(lam, outputs, k=2))
     got = [backend.to_numpy(p.data) for p in m.parameters()]
-    ref, thetas = _model(), []
-    for _ in range(2):                                             # theta_1, theta_2: plain steps
-        fit(ref, task_loss, [b], steps=1, optimizer=SGD(list(ref.parameters()), lr=lr), schedule="constant",
-            clip=None, progress=False)
-        thetas.append([p.data.copy() for p in ref.parameters()])
-    with parameters_set_to(list(ref.parameters()), [(a + c) / 2 for a, c in zip(*thetas)]):
-        teacher = outputs(ref, b).data.copy()
-    (task_loss(ref, b) + lam * distillation_loss(outputs(ref, b), teacher)).backward()
-    want = [backend.to_numpy(p.data - lr * p.grad) for p in ref.parameters()]
+
+    ref = _model()
+    params, thetas = list(ref.parameters()), []
+    for step in range(4):
+        teacher = None
+        past = thetas[:-1][-2:] if thetas else []        # the values before the current theta
+        if past:
+            with parameters_set_to(params, [sum(t[i] for t in past) / len(past) for i in range(len(params))]):
+                teacher = outputs(ref, b).data.copy()
+        loss = task_loss(ref, b)
+        if teacher is not None:
+            loss = loss + lam * distillation_loss(outputs(ref, b), teacher)
+        for p in params:
+            p.grad = None
+        loss.backward()
+        for p in params:
+            p.data = p.data - lr * p.grad
+        thetas.append([p.data.copy() for p in params])
+    want = [backend.to_numpy(p.data) for p in params]
     assert max(numpy.abs(g - w).max() for g, w in zip(got, want)) < 1e-12
     plain = _model()
-    fit(plain, task_loss, [b], steps=3, optimizer=SGD(list(plain.parameters()), lr=lr), schedule="constant",
+    fit(plain, task_loss, [b], steps=4, optimizer=SGD(list(plain.parameters()), lr=lr), schedule="constant",
         clip=None, progress=False)
     assert max(numpy.abs(g - backend.to_numpy(p.data)).max() for g, p in zip(got, plain.parameters())) > 1e-6, \
-        "the term changed step 3"
+        "the term changed steps 3 and 4"
+
+
+def test_with_k_1_the_teacher_is_the_previous_step_not_the_student():
+    """K = 1 is the setting of the published reproduction: the teacher is theta_{t-1}, so the term
+    is not zero (a teacher that included theta_t would equal the student and vanish)."""
+    b = _batch()
+    m = _model()
+    window = ParameterWindow(list(m.parameters()), 1, extra=1)
+    sd = SelfDistillation(1.0, outputs, k=1)
+    window.push()                                        # theta_0 ...
+    assert sd.term(m, b, window) is None                 # ... is the student: no teacher yet
+    m.weight.data = m.weight.data + 0.5
+    window.push()                                        # theta_1 = the student; theta_0 = the teacher
+    assert sd.term(m, b, window).item() > 1e-3
 
 
 def test_bad_self_ensemble_and_distillation_options_are_refused():

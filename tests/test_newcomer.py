@@ -310,3 +310,38 @@ def test_finetune_self_ensemble_evaluates_the_averaged_parameters(tmp_path, monk
     assert "self-ensemble (mean of the last 1 steps)" in out
     code, out, err = _main(TINY_RUN + ["--out", str(tmp_path / "bad"), "--self-ensemble", "5"], capsys)
     assert code == 2 and "--self-ensemble 5" in err and "--steps (2)" in err
+
+
+@needs_gpt2s
+def test_finetune_self_distill_adds_the_teachers_term_and_lambda_0_changes_nothing(tmp_path, capsys):
+    """--self-distill LAMBDA (Xu et al. 2020) on a generation task: with lambda 0 the run is the plain
+    run exactly; with lambda > 0 the training loss logged at the last step (3) carries the term (its
+    teacher, step 2's parameters, differs from the model being trained)."""
+    def losses(extra, name):
+        out_dir = str(tmp_path / name)
+        code, out, err = _main(TINY_RUN[:-2] + ["--steps", "3", "--eval-every", "3", "--processes", "1",
+                                                 "--out", out_dir] + extra, capsys)
+        assert code == 0, err
+        rows = [json.loads(r) for r in open(os.path.join(out_dir, "log.jsonl"))]
+        return [r["loss"] for r in rows if "loss" in r], json.loads(open(os.path.join(out_dir, "result.json")).read())["after"]
+
+    plain, after = losses([], "plain")
+    zero, after0 = losses(["--self-distill", "0"], "zero")
+    assert zero == plain and after0 == after
+    assert len(plain) == 1                                   # (logged every 10 steps and at the last)
+    distilled, _ = losses(["--self-distill", "50", "--self-ensemble", "1"], "sd")
+    assert distilled[0] > plain[0], (plain, distilled)       # + lambda * MSE >= 0, and > 0 here
+    vote, _ = losses(["--self-distill", "50", "--self-ensemble", "1", "--teacher", "vote"], "vote")
+    assert vote[0] > plain[0]
+
+
+@needs_gpt2s
+@pytest.mark.parametrize("extra, words", [
+    (["--self-distill", "-1"], ["--self-distill -1.0", "lambda >= 0"]),
+    (["--self-distill", "1", "--processes", "2"], ["--processes 1"]),
+])
+def test_finetune_self_distill_refuses_bad_options_before_any_work(tmp_path, capsys, extra, words):
+    argv = [a for a in TINY_RUN if a not in ("--processes", "1")] + ["--out", str(tmp_path / "x")] + extra
+    code, out, err = _main(argv, capsys)
+    assert code == 2 and all(w in err for w in words), err
+    assert not (tmp_path / "x").exists()
