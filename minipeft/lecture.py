@@ -12,7 +12,7 @@ every notebook needs around the computation:
 Running notebooks (nbclient, with a kernel on *this* interpreter):
 
     python -m minipeft.lecture lectures/*.ipynb                 # full mode, outputs saved in place
-    python -m minipeft.lecture --fast --no-save lectures/01_parameter_counts.ipynb
+    python -m minipeft.lecture --fast lectures/01_parameter_counts.ipynb   # fast: never saved
 
 `make lectures` runs the first line; tests/test_notebooks.py calls `execute_notebook(..., fast=True)`.
 
@@ -232,11 +232,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m minipeft.lecture",
                                 description="Execute lecture notebooks with nbclient (full mode unless --fast).")
     p.add_argument("notebooks", nargs="+")
-    p.add_argument("--fast", action="store_true", help="MINIPEFT_FAST=1 (the CI mode)")
+    p.add_argument("--fast", action="store_true",
+                   help="MINIPEFT_FAST=1 (the CI mode); a fast run is never written back: the committed outputs "
+                        "are the full run's")
     p.add_argument("--no-save", action="store_true",
                    help="do not write the executed notebooks back, nor their figures into lectures/figures")
     p.add_argument("--timeout", type=float, default=None, help="seconds per notebook (default: none)")
     a = p.parse_args(argv)
+    save = not (a.no_save or a.fast)        # only a full run replaces a notebook's committed outputs
     status = 0
     for path in a.notebooks:
         # Only a saved full run refreshes lectures/figures. A fast or unsaved run writes its figures and
@@ -246,21 +249,20 @@ def main(argv=None) -> int:
             if os.environ.get(FIGURES_ENV):
                 figures = None                                    # the caller's choice, kept
             else:
-                figures = COMMITTED_FIGURES if not a.fast and not a.no_save else tmp
+                figures = COMMITTED_FIGURES if save else tmp
             try:
-                nb, seconds = execute_notebook(path, fast=a.fast, timeout=a.timeout, save=not a.no_save,
-                                               figures=figures)
+                nb, seconds = execute_notebook(path, fast=a.fast, timeout=a.timeout, save=save, figures=figures)
             except KeyboardInterrupt:
                 done = a.notebooks[:a.notebooks.index(path)]
                 print(f"\ninterrupted while running {path}: it was not saved (a notebook is written only when it "
                       f"has run to the end); {len(done)} finished before it"
-                      f"{' and were saved' if done and not a.no_save else ''}"
+                      f"{' and were saved' if done and save else ''}"
                       f"{'; the figures it wrote are in lectures/figures (git diff shows them)' if figures == COMMITTED_FIGURES else ''}",
                       file=sys.stderr)
                 return 130
         leaks = machine_paths(nb)
         print(f"{path}: {'fast' if a.fast else 'full'} mode, {seconds:.1f} s"
-              f"{'' if a.no_save else ', saved with outputs'}")
+              f"{', saved with outputs' if save else ', not saved'}")
         for line in leaks:
             print(f"  output names a local folder: {line}", file=sys.stderr)
         status = status or (1 if leaks else 0)

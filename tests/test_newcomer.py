@@ -255,6 +255,7 @@ def test_only_make_lectures_writes_the_committed_figures_and_ctrl_c_is_one_line(
     assert lecture.main(["a.ipynb"]) == 0                      # make lectures: full mode, saved
     assert lecture.main(["--fast", "a.ipynb"]) == 0
     assert asked[0] == (False, True, lecture.COMMITTED_FIGURES)
+    assert asked[1][:2] == (True, False), "a fast run must not replace the committed (full-run) outputs"
     assert asked[1][2] != lecture.COMMITTED_FIGURES and asked[1][2] is not None
     capsys.readouterr()
     assert lecture.main(["a.ipynb", "b.ipynb"]) == 130          # Ctrl-C in the first notebook
