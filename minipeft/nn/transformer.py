@@ -127,18 +127,16 @@ def cache_append(cache: dict, k, v):
     past = cache["k"].shape[2] if "k" in cache else 0
     B, H, T, D = k.shape
     cap = cache.get("capacity")
-    if cap is None or past + T > cap or ("k_buf" in cache and cache["k_buf"].shape[0] < B):
+    if cap is None or past + T > cap:
         if past:
             k = backend.xp.concatenate([cache["k"], k], axis=2)
             v = backend.xp.concatenate([cache["v"], v], axis=2)
-        for name in ("k_buf", "v_buf", "k_spare", "v_spare"):    # (buffers no longer in use)
-            cache.pop(name, None)
+        _drop_buffers(cache)
         cache["k"], cache["v"] = k, v
         return k, v
     if "k_buf" not in cache:          # first call, or the batch grew (beam search): the past moves in once
         cache["k_buf"] = backend.xp.empty((B, H, cap, D), k.dtype)
         cache["v_buf"] = backend.xp.empty((B, H, cap, D), v.dtype)
-        cache.pop("k_spare", None), cache.pop("v_spare", None)
         if past:
             cache["k_buf"][:B, :, :past], cache["v_buf"][:B, :, :past] = cache["k"], cache["v"]
     kb, vb = cache["k_buf"], cache["v_buf"]
@@ -153,8 +151,7 @@ def cache_keep_rows(cache: dict, rows) -> None:
     filled part is gathered into a second buffer of the same size and the two are swapped."""
     if "k_buf" not in cache or cache["k_buf"].shape[0] < len(rows):   # no buffers, or more rows than they hold
         cache["k"], cache["v"] = cache["k"][rows], cache["v"][rows]
-        for name in ("k_buf", "v_buf", "k_spare", "v_spare"):
-            cache.pop(name, None)
+        _drop_buffers(cache)          # (cache_append allocates buffers of the new row count)
         return
     n, (B, T) = len(rows), cache["k"].shape[::2]
     for name in ("k", "v"):
@@ -167,6 +164,11 @@ def cache_keep_rows(cache: dict, rows) -> None:
         backend.take_rows(buf[:B], rows, out=spare[:n])
         cache[name + "_buf"], cache[name + "_spare"] = spare, buf
         cache[name] = spare[:n, :, :T]
+
+
+def _drop_buffers(cache: dict) -> None:
+    for name in ("k_buf", "v_buf", "k_spare", "v_spare"):
+        cache.pop(name, None)
 
 
 class MLP(Module):
