@@ -87,11 +87,15 @@ class SelfDistillation:
     """The distillation term of (2): lam * mean (z(theta_t) - z_teacher)^2 over a window of K steps.
 
     outputs_fn(model, batch) -> Tensor: the outputs to match (logits). teacher: "average" (the
-    averaged parameters' outputs) or "vote" (the average of the K past models' outputs)."""
+    averaged parameters' outputs) or "vote" (the average of the K past models' outputs).
+    task_loss(outputs, batch) -> scalar Tensor, optional: the task loss from those same outputs;
+    given, `fit` runs the student's forward once per step and uses it for both terms (else its
+    loss_fn runs a forward of its own and the term a second one)."""
     lam: float
     outputs_fn: Callable
     k: int = 5
     teacher: str = "average"
+    task_loss: Callable | None = None
 
     def __post_init__(self):
         if not (isinstance(self.lam, (int, float)) and self.lam >= 0):
@@ -118,12 +122,16 @@ class SelfDistillation:
                     outs.append(self.outputs_fn(model, batch).data.copy())
             return sum(outs) / len(outs)
 
-    def term(self, model, batch, window: ParameterWindow):
-        """lam * mean (z - z_teacher)^2 as a scalar Tensor (None while the window is empty)."""
+    def term(self, model, batch, window: ParameterWindow, outputs=None):
+        """lam * mean (z - z_teacher)^2 as a scalar Tensor (None with lam = 0 or no teacher yet).
+        outputs: the student's z of this step when the caller has it already (else computed)."""
+        if self.lam == 0:
+            return None                                    # (no teacher forward for nothing)
         target = self.teacher_outputs(model, batch, window)
-        if target is None or self.lam == 0:
+        if target is None:
             return None
-        return distillation_loss(self.outputs_fn(model, batch), target) * float(self.lam)
+        z = self.outputs_fn(model, batch) if outputs is None else outputs
+        return distillation_loss(z, target) * float(self.lam)
 
 
 def distillation_loss(z: Tensor, target) -> Tensor:

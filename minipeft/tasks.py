@@ -237,6 +237,12 @@ def target_logits(model, batch):
     return model.lm_logits(h_t), targets[rows, cols]
 
 
+def target_ids(batch):
+    """The N target ids of a seq2seq batch, in target_logits' order (row by row), host ints."""
+    targets = backend.host().asarray(backend.to_numpy(batch["targets"]))
+    return targets[targets != -100]
+
+
 def soft_prompt_length(model) -> int:
     """Context positions taken by the active soft prompts (prompt tuning) of a PeftModel; 0 otherwise.
     Batches and generation prompts must leave this much room in n_ctx."""
@@ -474,11 +480,12 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
         batches = cls_batches(tok, train, batch_size, n_ctx, seed, lm=is_lm)
         loss_fn, select = cls_loss_fn(score_fn), "accuracy"
         evaluate = lambda m: evaluate_classification(m, tok, dev, score_fn, n_ctx, lm=is_lm)  # noqa: E731
-        outputs_fn = score_fn
+        outputs_fn, task_loss = score_fn, lambda z, b: ops.cross_entropy(z, b["labels"])  # noqa: E731
     else:
         batches = seq2seq_batches(tok, train, batch_size, n_ctx, seed)
         loss_fn, select = lm_loss, "bleu"
         outputs_fn = lambda m, b: target_logits(m, b)[0]  # noqa: E731
+        task_loss = lambda z, b: ops.cross_entropy(z, target_ids(b))  # noqa: E731
         dev_pairs = [Seq2SeqExample(e.source, e.refs[:1]) for e in dev]
         held = [next(seq2seq_batches(tok, dev_pairs[i:i + batch_size], min(batch_size, len(dev_pairs[i:i + batch_size])),
                                      n_ctx, seed=1)) for i in range(0, len(dev_pairs), batch_size)]
@@ -518,7 +525,8 @@ def finetune(task: str, peft_config, model_name: str | None = None, steps: int =
                    eval_every=eval_every, select=select, mode="max", patience=patience, on_best=keep_best,
                    log_path=os.path.join(out_dir, "log.jsonl"), progress=progress,
                    desc=f"{task} {peft_config.method}", processes=processes, self_ensemble=self_ensemble,
-                   self_distill=None if distill is None else replace(distill, outputs_fn=outputs_fn))
+                   self_distill=None if distill is None else replace(distill, outputs_fn=outputs_fn,
+                                                                     task_loss=task_loss))
     except KeyboardInterrupt:
         if kept:
             raise FinetuneInterrupted(f"interrupted: kept the best adapter so far (step {kept['step']}, dev "

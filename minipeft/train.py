@@ -120,10 +120,15 @@ def fit(model, loss_fn: Callable, batches: Iterable, *, steps: int, lr: float = 
         for step, batch in zip(range(1, steps + 1), _again_and_again(batches)):
             aux = model.aux_loss() if hasattr(model, "aux_loss") else None   # a method's penalty (L0, L1)
             if dp is None:
-                loss = loss_fn(model, batch)              # forward: a scalar Tensor
+                z = None
+                if self_distill is not None and self_distill.task_loss is not None:
+                    z = self_distill.outputs_fn(model, batch)     # one forward for both terms
+                    loss = self_distill.task_loss(z, batch)
+                else:
+                    loss = loss_fn(model, batch)              # forward: a scalar Tensor
                 loss = loss if aux is None else loss + aux
                 if self_distill is not None:              # + lambda * mean (z - z_teacher)^2
-                    term = self_distill.term(model, batch, window)
+                    term = self_distill.term(model, batch, window, outputs=z)
                     loss = loss if term is None else loss + term
                 loss.backward()                           # adds d loss / d p into p.grad
             else:

@@ -165,3 +165,38 @@ def test_bad_self_ensemble_and_distillation_options_are_refused():
     with pytest.raises(ValueError, match="processes=1"):
         fit(m, task_loss, [_batch()], steps=1, progress=False, processes=2,
             self_distill=SelfDistillation(1.0, outputs))
+
+
+def test_with_task_loss_the_student_runs_once_per_step_and_the_steps_are_the_same():
+    """SelfDistillation(task_loss=...): fit computes the student's outputs once per step for both
+    terms (before: loss_fn's forward, then the term's own); the parameters are the same as with
+    loss_fn, and outputs_fn runs once for the student plus once per teacher forward."""
+    b, lr, lam = _batch(), 0.1, 2.0
+    calls = []
+
+    def counted(m, batch):
+        calls.append(1)
+        return outputs(m, batch)
+
+    def loss_fn(m, batch):
+        if task_loss_given:
+            pytest.fail("fit ran loss_fn although the task loss comes from the shared outputs")
+        return ops.cross_entropy(counted(m, batch), batch["y"])
+
+    def run(task_loss):
+        nonlocal task_loss_given
+        task_loss_given = task_loss is not None
+        m = _model()
+        calls.clear()
+        sd = SelfDistillation(lam, counted, k=2, task_loss=task_loss)
+        fit(m, loss_fn, [b], steps=4, optimizer=SGD(list(m.parameters()), lr=lr),
+            schedule="constant", clip=None, progress=False, self_distill=sd)
+        return [backend.to_numpy(p.data) for p in m.parameters()], len(calls)
+
+    task_loss_given = False
+
+    separate, n_separate = run(None)
+    once, n_once = run(lambda z, batch: ops.cross_entropy(z, batch["y"]))
+    assert max(numpy.abs(a - c).max() for a, c in zip(separate, once)) < 1e-12
+    # 4 steps, a teacher at steps 3 and 4 ("average": one forward each): 4 + 2 student term passes + 2
+    assert n_separate == 4 + 2 + 2 and n_once == 4 + 2, (n_separate, n_once)
