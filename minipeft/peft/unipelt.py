@@ -35,10 +35,10 @@ reparametrising MLP shared by all the adapted layers (prefix.py's PrefixEncoder)
     [P_k,1 ; P_v,1 ; ... ; P_k,n ; P_v,n] = W2 tanh(W1 P' + b1) + b2      P': (P, d), output (P, 2 n d)
 
 and each layer's GatedPrefix reads its own key and value slices of that output (j-th adapted block:
-slices 2j and 2j+1, the order of prefix.py). The MLP lives in pm.inputs[name]; every GatedPrefix
-runs it and keeps its slice (n small MLP passes per forward instead of one: simpler, and under 1 %
-of a forward at the paper's sizes). `eject` computes the rows once and keeps only them, as prefix
-tuning's eject does; prefix_projection=False trains the rows directly (P-tuning v2 style).
+slices 2j and 2j+1, the order of prefix.py). The MLP lives in pm.inputs[name] and runs once per
+forward (`encode_inputs` hands its output to the layers). `eject` computes the rows once and keeps
+only them, as prefix tuning's eject does; prefix_projection=False trains the rows directly
+(P-tuning v2 style).
 
 Parameters (L blocks, adapter width m, rank r on targets with (d_in, d_out), prefix length P, MLP
 width mid, n = L adapted blocks):
@@ -163,22 +163,27 @@ class GatedPrefix(Module):
         self.shape = (P, d)
         self.gate = _gate(d)
 
-    def key_value(self):
-        """(P_k, P_v), each (P, d)."""
+    def key_value(self, route=None):
+        """(P_k, P_v), each (P, d): its own, or its slices of the MLP's output. encode_inputs runs
+        the MLP once per forward and leaves (route, output) on the encoder; this forward's `route`
+        (a new list every forward) tells its output from an older one. Otherwise the MLP runs here."""
         if self.source is None:
             return self.key, self.value
         encoder, j = self.source
         P, d = self.shape
-        theta = encoder().reshape(P, -1, d)                                 # (P, 2n, d): key 2j, value 2j+1
+        route_then, theta = getattr(encoder, "ready", (None, None))
+        if route is None or route_then is not route:
+            theta = encoder()
+        theta = theta.reshape(P, -1, d)                                     # (P, 2n, d): key 2j, value 2j+1
         return theta[:, 2 * j], theta[:, 2 * j + 1]
 
-    def rows(self, x, n_head: int):
+    def rows(self, x, n_head: int, route=None):
         """(G_P P_k, G_P P_v), each (B, H, P, D), from the attention input x (B, T, d)."""
         P, d = self.shape
         g = ops.sigmoid(self.gate(x)).mean(axis=1, keepdims=True)           # (B, 1, 1)
         g = g.reshape(x.shape[0], 1, 1, 1)
         heads = lambda t: t.reshape(1, P, n_head, d // n_head).permute(0, 2, 1, 3)   # noqa: E731
-        k, v = self.key_value()
+        k, v = self.key_value(route)
         return heads(k) * g, heads(v) * g
 
 
@@ -204,7 +209,7 @@ class GatedPrefixAttention(AdapterLayer):
             st = hostnp.zeros((1, P0), dtype=hostnp.int64) if st is None else hostnp.asarray(st)
             starts.append(hostnp.broadcast_to(st, (B, P0)))
         for n, rows in mine:
-            k, v = self.prefixes[n].rows(x, self.n_head)           # (B, H, P, D)
+            k, v = self.prefixes[n].rows(x, self.n_head, self.route)   # (B, H, P, D)
             P = k.shape[2]
             s = hostnp.zeros((B, P), dtype=hostnp.int64)
             if rows is not None:                                 # samples of other adapters never see it
@@ -216,6 +221,18 @@ class GatedPrefixAttention(AdapterLayer):
         start = hostnp.concatenate(starts, axis=1)
         k, v = ops.concat(ks, axis=2), ops.concat(vs, axis=2)
         return self.base_layer(x, key_mask, (k, v) if not start.any() else (k, v, start), cache)
+
+
+def encode_inputs(pm, route, batch_size: int, ids=None, cache=None) -> dict:
+    """Nothing for Transformer.encode: the MLP of each routed adapter with prefix_projection runs
+    once here, and its output (P, 2 n d) is left on the MLP with this forward's route, for the
+    adapter's GatedPrefix layers (GatedPrefix.key_value)."""
+    for name, _ in route:
+        cfg = pm.peft_config.get(name)
+        if isinstance(cfg, UniPELTConfig) and cfg.use_prefix and cfg.prefix_projection:
+            encoder = pm.inputs[name]
+            encoder.ready = (route, encoder())
+    return {}
 
 
 def _attention(pm, i: int):

@@ -225,3 +225,19 @@ def test_delete_adapter_drops_the_mlp(tiny):
     assert "default" not in pm.inputs and not gated(pm, PrefixEncoder)
     pm.delete_adapter("other")
     assert numpy.array_equal(tiny.np(pm(ids)[0]), base)
+
+
+def test_the_shared_mlp_runs_once_per_forward_not_once_per_layer(tiny, monkeypatch):
+    """encode_inputs runs the MLP once and the layers take their slices of that output; the
+    result equals every layer running the MLP itself (the path of a call without a route)."""
+    pm = apply(tiny.model("gpt2", n_layer=3), UniPELTConfig(**MLP))
+    tiny.perturb(pm)
+    ids = tiny.ids()
+    calls = []
+    real = PrefixEncoder.forward
+    monkeypatch.setattr(PrefixEncoder, "forward", lambda self: calls.append(1) or real(self))
+    shared = tiny.np(pm(ids)[0])
+    assert len(calls) == 1, f"the MLP ran {len(calls)} times for one forward of 3 adapted blocks"
+    monkeypatch.setattr(unipelt, "encode_inputs", lambda *a, **k: {})   # every layer runs it
+    calls.clear()
+    assert numpy.array_equal(tiny.np(pm(ids)[0]), shared) and len(calls) == 3
