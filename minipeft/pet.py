@@ -151,9 +151,14 @@ def ipet_training_set(labelled: list, unlabelled: list, scores: list, weights: l
 
 
 def ipet(make_model, tok, pvps: list, labelled: list, unlabelled: list, generations: int = 2, steps: int = 100,
-         lr: float = 1e-4, d: int = 5, lam: float = 0.25, batch_size: int = 8) -> dict:
-    """PET's generation 0, then `generations` iPET generations; the last one's result (as pet())."""
-    res = pet(make_model, tok, pvps, labelled, unlabelled, steps, lr, 1, batch_size)
+         lr: float = 1e-4, d: int = 5, lam: float = 0.25, batch_size: int = 8, start: dict | None = None) -> dict:
+    """PET's generation 0, then `generations` iPET generations; the last one's result (as pet()).
+    start: a pet() result (one repetition per pair) to use as generation 0 instead of training it
+    again, so that PET and iPET can be compared without training generation 0 twice."""
+    if start is not None and len(start["models"]) != len(pvps):
+        raise ValueError(f"start: a pet() result with one model per pattern-verbalizer pair ({len(pvps)}), "
+                         f"got {len(start['models'])} models")
+    res = start if start is not None else pet(make_model, tok, pvps, labelled, unlabelled, steps, lr, 1, batch_size)
     for g in range(1, generations + 1):
         models, weights, scores = [], [], []
         for i, (pvp, _) in enumerate(res["models"]):

@@ -109,3 +109,33 @@ def test_tiny_pet_and_ipet_run_end_to_end(tok):
     before = float(loss(student.eval(), b).item())
     fit(student, loss, batches, steps=30, lr=1e-2, progress=False, processes=1)
     assert float(loss(student.eval(), b).item()) < before
+
+
+def test_ipet_continues_from_a_given_pet_result(tok):
+    """ipet(start=pet(...)) is ipet() without start: the same generation-1 scores, and generation 0
+    is not trained again."""
+    backend.set_default_dtype(numpy.float64)
+    calls = []
+
+    def make_model(seed):
+        calls.append(seed)
+        backend.manual_seed(0)
+        cfg = TransformerConfig(arch="bert", d_model=16, n_layer=1, n_head=2, n_ctx=64, vocab_size=tok.vocab_size,
+                                pad_id=tok.pad_id)
+        return Transformer(cfg)
+
+    pvps = [PVP(Template("<S1> All in all, it was <MASK>."), Verbalizer(("terrible", "great"))),
+            PVP(Template("<S1> It was <MASK>."), Verbalizer(("bad", "good")))]
+    labelled = [Example(f"The {w} was {a}.", y) for w in ("soup", "fish") for a, y in (("cold", 0), ("lovely", 1))]
+    unlabelled = [Example(f"The {w} was {a}.") for w in ("cake", "wine", "bread", "tea") for a in ("cold", "lovely")]
+    kw = dict(generations=1, steps=5, lr=1e-2, d=2, batch_size=4)
+    whole = ipet(make_model, tok, pvps, labelled, unlabelled, **kw)
+    n_whole = len(calls)
+    start = pet(make_model, tok, pvps, labelled, unlabelled, steps=5, lr=1e-2, batch_size=4)
+    calls.clear()
+    cont = ipet(make_model, tok, pvps, labelled, unlabelled, start=start, **kw)
+    assert n_whole == 4 and len(calls) == 2             # generation 0 (2 models) is not trained again
+    for a, b in zip(whole["scores"], cont["scores"]):
+        numpy.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="one model per pattern"):
+        ipet(make_model, tok, pvps[:1], labelled, unlabelled, start=start, **kw)
