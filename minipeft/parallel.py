@@ -229,8 +229,8 @@ def _module_state(model) -> list:
     out = []
     for path, m in model.named_modules():
         for k, v in sorted(vars(m).items()):
-            if k in ("training", "route"):           # sent with every step / set by each forward (peft.api)
-                continue
+            if k in ("training", "route", "ready"):  # sent with every step / set by each forward (peft.api's
+                continue                                # route; UniPELT's prefix-MLP output of this forward)
             if isinstance(v, (Tensor, Module)):
                 out.append((path, k, f"{type(v).__name__} #{id(v)}"))
             elif isinstance(v, (bool, int, float, str, type(None), tuple, list, dict)):
