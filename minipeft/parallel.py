@@ -229,8 +229,9 @@ def _module_state(model) -> list:
     out = []
     for path, m in model.named_modules():
         for k, v in sorted(vars(m).items()):
-            if k in ("training", "route", "ready"):  # sent with every step / set by each forward (peft.api's
-                continue                                # route; UniPELT's prefix-MLP output of this forward)
+            if k in ("training", "route", "ready", "_swapped"):   # sent with every step / set by each forward
+                continue                    # (peft.api's route; UniPELT's prefix-MLP output of this forward;
+                                            # parametrize's flag "W0 + Delta is swapped in", set by the first)
             if isinstance(v, (Tensor, Module)):
                 out.append((path, k, f"{type(v).__name__} #{id(v)}"))
             elif isinstance(v, (bool, int, float, str, type(None), tuple, list, dict)):

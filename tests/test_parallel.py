@@ -210,6 +210,28 @@ def test_optimizer_updates_reach_the_workers():
         np.testing.assert_allclose(runs[1][name], runs[0][name], rtol=1e-9, atol=1e-12, err_msg=name)
 
 
+def test_a_sparse_delta_trains_data_parallel():
+    """A W = W0 + Delta method (a random sparse mask) trains with processes > 1: the first forward
+    sets the PeftModel's `_swapped` flag (parametrize.effective_weights), which the model-state
+    check read as 'the model changed after the worker processes started' at the second step."""
+    from minipeft.peft.sparse import RandomMaskConfig
+    with backend.default_dtype_as(np.float64):
+        pm = peft.get_peft_model(decoder(), RandomMaskConfig(density=0.3, seed=1))
+        pm.deltas["default"].values.data[...] = np.random.default_rng(3).normal(0, 0.1, pm.deltas["default"].values.shape)
+    batch = lm_batch()
+    with DataParallel(pm, lm_loss, 2) as dp:  # started before any forward has set `_swapped`
+        for _ in range(2):                    # the second step checks the model after a forward
+            for p in pm.parameters():
+                p.grad = None
+            loss = dp.backward(batch)
+        got = grads(pm)
+    for p in pm.parameters():
+        p.grad = None
+    want_loss, want = single_process(pm, lm_loss, batch)
+    assert loss == pytest.approx(want_loss, rel=1e-12)
+    assert_same_grads(want, got)
+
+
 def test_fit_with_two_processes_follows_fit_with_one():
     histories, finals = [], []
     for processes in (1, 2):

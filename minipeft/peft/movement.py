@@ -55,6 +55,8 @@ from .magnitude import matrices, matrix_sizes, n_kept
 DEFAULT_LR = 1e-2
 STARTS_AT_BASE = True       # delta = 0: W0 + M (.) 0 = W0
 PER_SAMPLE = False          # W0 + Delta, shared by the batch
+ONE_PROCESS = True          # the scores are not Parameters (data-parallel workers would keep their STE gradients),
+                            # and before_step's k_t of the schedule would not reach the workers
 
 
 def top_k_mask(scores, k: int):

@@ -362,6 +362,15 @@ def test_spiel_refuses_data_parallel_training(tiny):
         fit(pm, task(tiny), [None], steps=1, progress=False, processes=2)
 
 
+def test_movement_refuses_data_parallel_training(tiny):
+    """Movement's scores are plain Tensors learned in before_step: data-parallel workers would keep
+    their slices' score gradients to themselves (and the schedule's k_t), so it trains in one process."""
+    from minipeft.peft.movement import MovementConfig
+    pm = apply(tiny.model("gpt2", n_labels=3), MovementConfig(density=0.2))
+    with pytest.raises(ValueError, match="one process"):
+        fit(pm, task(tiny), [None], steps=1, progress=False, processes=2)
+
+
 def test_spiel_config_refuses_bad_schedules():
     from minipeft.peft.spiel import SpIELConfig
     for bad in ({"reselection_steps": 0}, {"total_steps": True}, {"accumulation_steps": 2.0}):
