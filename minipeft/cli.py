@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("fewshot", help="LM-BFF's protocol: K examples per class, 5 data seeds, zero-shot or "
                        "prompt-based fine-tuning through the LM head, mean and std")
     w.add_argument("--task", default="sst2", help="sst2, sst5 or mnli")
-    w.add_argument("--model", default="bert-m", help="shipped preset, checkpoint dir, Hugging Face folder or minilm-l6")
+    w.add_argument("--model", default="bert-m", help="shipped preset, checkpoint dir, Hugging Face folder, minilm-l6 or minilm-l6-mlm")
     w.add_argument("--template", default=None, help="e.g. '<S1> It was <MASK> .' (default: the task's in fewshot.DEFAULTS)")
     w.add_argument("--words", default=None, help="label words in label order, e.g. terrible,great")
     w.add_argument("--k", type=int, default=16, help="training examples per class (and as many for model selection)")
@@ -280,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--batch-size", type=int, default=8)
     w.add_argument("--eval-every", type=int, default=50)
     w.add_argument("--demos", action="store_true", help="append one demonstration per class from D_train")
+    w.add_argument("--standard", action="store_true",
+                   help="standard fine-tuning instead: a new classification head, no template (LM-BFF's baseline)")
     w.add_argument("--auto-words", type=int, default=0, metavar="K",
                    help="search the label words among each class's top K (0: keep --words)")
     w.add_argument("--auto-template", default=None, metavar="BEFORE,AFTER",

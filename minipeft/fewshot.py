@@ -78,7 +78,8 @@ def sample_k_shot(pool: list, k: int, n_labels: int, seed: int) -> tuple[list, l
 def run(task: str, model_name: str, template: Template | None = None, verbalizer: Verbalizer | None = None,
         k: int = 16, seeds=5, steps: int = 0, method: str = "full", lr: float = 1e-5, batch_size: int = 8,
         eval_every: int = 50, demos: bool = False, auto_words: int = 0, auto_template=None,
-        test_size: int | None = None, data_dir: str | None = None, progress: bool = False) -> dict:
+        test_size: int | None = None, data_dir: str | None = None, progress: bool = False,
+        standard: bool = False) -> dict:
     """The protocol above; returns {"mean", "std", "per_seed": [{seed, accuracy, template, words,
     train_accuracy (on D_train, before training), best_step}], options}. seeds: a count (1..n) or
     a list. auto_words: search the label words among each class's top `auto_words` (0: keep the
@@ -97,6 +98,12 @@ def run(task: str, model_name: str, template: Template | None = None, verbalizer
                          ("auto_words", auto_words, 0)):
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise ValueError(f"{name}={v!r}: expected a whole number >= {low}")
+    if standard and (steps == 0 or task == "mnli" or demos or auto_words or auto_template is not None):
+        raise ValueError("standard=True trains a new head on a one-sentence task (sst2, sst5) with steps > 0; "
+                         "it uses no template, label words or demonstrations")
+    if standard:
+        return _run_standard(task, model_name, n_labels, k, seeds, steps, method, lr, batch_size, eval_every,
+                             test_size, data_dir, progress)
     template = template or Template(DEFAULTS[task][0])
     verbalizer = verbalizer or Verbalizer(DEFAULTS[task][1])
     if len(verbalizer.words) != n_labels:
@@ -145,6 +152,51 @@ def run(task: str, model_name: str, template: Template | None = None, verbalizer
             "per_seed": per_seed}
 
 
+def _run_standard(task, model_name, n_labels, k, seeds, steps, method, lr, batch_size, eval_every, test_size,
+                  data_dir, progress) -> dict:
+    """Standard fine-tuning under the same protocol: <cls> sentence <sep> -> pooled -> cls_head."""
+    from types import SimpleNamespace
+    from .hf import load_pretrained
+    from .peft import apply
+    from .peft.registry import config_from_options
+    from .tasks import cls_batches, cls_loss_fn, evaluate_classification, head_scores
+    from .train import fit
+    pool, test = examples(task, "train", data_dir), examples(task, "dev", data_dir)[:test_size]
+    rows = lambda es: [SimpleNamespace(sentence=e.s1, label=e.label) for e in es]   # noqa: E731
+    per_seed = []
+    for s in seeds:
+        train, dev = sample_k_shot(pool, k, n_labels, s)
+        backend.manual_seed(s)
+        model, tok = load_pretrained(model_name, n_labels=n_labels)
+        pm = apply(model, config_from_options(method, heads=("cls_head",)))
+        n_ctx = model.config.n_ctx
+
+        def acc(m, queries):
+            was = m.training
+            m.eval()
+            with no_grad():
+                out = evaluate_classification(m, tok, rows(queries), max_len=n_ctx)["accuracy"]
+            m.train(was)
+            return out
+        row = {"seed": s, "template": None, "words": None, "train_accuracy": acc(pm, train), "best_step": 0}
+        best = {"acc": acc(pm, dev), "state": _trained_copy(pm)}
+
+        def keep(step, metrics):
+            best.update(acc=metrics["accuracy"], state=_trained_copy(pm), step=step)
+        fit(pm, cls_loss_fn(head_scores), cls_batches(tok, rows(train), min(batch_size, len(train)), n_ctx, seed=s),
+            steps=steps, lr=lr, eval_fn=lambda m: {"accuracy": acc(m, dev)}, eval_every=eval_every,
+            select="accuracy", mode="max", on_best=keep, progress=progress, processes=1)
+        _restore(pm, best["state"])
+        row["best_step"], row["dev_accuracy"] = best.get("step", 0), best["acc"]
+        row["accuracy"] = acc(pm, test)
+        per_seed.append(row)
+    accs = [r["accuracy"] for r in per_seed]
+    return {"task": task, "model": model_name, "k": k, "steps": steps, "method": method, "standard": True,
+            "demos": False, "auto_words": 0, "auto_template": None, "test_size": len(test),
+            "mean": statistics.fmean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else math.nan,
+            "per_seed": per_seed}
+
+
 def _trained_copy(pm) -> dict:
     return {n: p.data.copy() for n, p in pm.named_parameters() if p.requires_grad}
 
@@ -168,13 +220,16 @@ def fewshot_cli(a) -> None:
                              f"template words before and after the label word, e.g. 2,0") from None
     r = run(a.task, a.model, template, verbalizer, k=a.k, seeds=a.seeds, steps=a.steps, method=a.method,
             lr=a.lr, batch_size=a.batch_size, eval_every=a.eval_every, demos=a.demos, auto_words=a.auto_words,
-            auto_template=auto_template, test_size=a.test_size, data_dir=a.data, progress=not a.quiet)
+            auto_template=auto_template, test_size=a.test_size, data_dir=a.data, progress=not a.quiet,
+            standard=a.standard)
     for row in r["per_seed"]:
         extra = f"  best step {row['best_step']}" if a.steps else ""
-        print(f"seed {row['seed']}: {100 * row['accuracy']:.1f}%   {row['template']!r}  {'/'.join(row['words'])}"
+        how = "a new head" if a.standard else f"{row['template']!r}  {'/'.join(row['words'])}"
+        print(f"seed {row['seed']}: {100 * row['accuracy']:.1f}%   {how}"
               f"   (D_train before training {100 * row['train_accuracy']:.1f}%){extra}")
     std = "" if math.isnan(r["std"]) else f" +- {100 * r['std']:.1f}"
-    print(f"{a.task} K={a.k} x {len(r['per_seed'])} seeds, {'prompt-based ' + a.method if a.steps else 'no training'}"
+    kind = ("standard " if a.standard else "prompt-based ") + a.method if a.steps else "no training"
+    print(f"{a.task} K={a.k} x {len(r['per_seed'])} seeds, {kind}"
           f"{', demonstrations' if a.demos else ''}: {100 * r['mean']:.1f}%{std} on {r['test_size']} dev examples")
     if a.json:
         from .checkpoint import write_json_atomic

@@ -78,3 +78,33 @@ def test_fewshot_refuses_bad_options_before_any_work():
         fewshot.run("sst2", "gpt2-s", steps=-1)
     from minipeft.cli import main
     assert main(["fewshot", "--auto-template", "2", "--quiet"]) == 2
+
+
+def test_standard_finetuning_uses_the_same_splits_and_keeps_the_best_d_dev_evaluation(monkeypatch):
+    """LM-BFF's baseline row: a new head trained on the same D_train, selected on the same D_dev;
+    the tested model is the one restored from the best D_dev evaluation."""
+    from minipeft.tasks import evaluate_classification
+    from types import SimpleNamespace
+    seen = {}
+    restore = fewshot._restore
+
+    def spy(pm, state):
+        restore(pm, state)
+        seen["pm"] = pm
+    monkeypatch.setattr(fewshot, "_restore", spy)
+    r = fewshot.run("sst2", "bert-m", k=4, seeds=[2], steps=8, eval_every=4, lr=1e-2, method="full",
+                    test_size=30, standard=True)
+    row, pm = r["per_seed"][0], seen["pm"]
+    assert r["standard"] and row["template"] is None and row["best_step"] in (0, 4, 8)
+    _, tok = load_pretrained("bert-m")
+    _, dev = fewshot.sample_k_shot(fewshot.examples("sst2", "train"), 4, 2, 2)
+    rows = lambda es: [SimpleNamespace(sentence=e.s1, label=e.label) for e in es]   # noqa: E731
+    pm.eval()
+    with no_grad():
+        assert evaluate_classification(pm, tok, rows(dev), max_len=256)["accuracy"] == row["dev_accuracy"]
+        assert evaluate_classification(pm, tok, rows(fewshot.examples("sst2", "dev")[:30]),
+                                       max_len=256)["accuracy"] == row["accuracy"]
+    with pytest.raises(ValueError, match="one-sentence task"):
+        fewshot.run("mnli", "bert-m", steps=4, standard=True)
+    with pytest.raises(ValueError, match="steps > 0"):
+        fewshot.run("sst2", "bert-m", steps=0, standard=True)
