@@ -88,26 +88,17 @@ def masked_batches(tok, docs: list, tokens: int, seed: int = 0, batch_size: int 
     (inputs, ids, attention_mask, chosen), each (B, T); chosen marks the positions of loss (2).
 
     docs: documents as lists of sentences of token ids (pretrain.doc_sentences), visited in a random
-    order. Each row is [CLS] doc [SEP], cut to n_ctx. Special tokens are never chosen; a random
-    replacement is any id of the vocabulary, as in BERT."""
+    order. Each row is [CLS] doc [SEP], cut to n_ctx; pretrain.mask_tokens chooses and replaces."""
+    from .data.tokenizer import pad_rows
+    from .pretrain import mask_tokens
     np = backend.host()
     gen = np.random.default_rng(seed)
-    special = [tok.cls_id, tok.sep_id, tok.mask_id, tok.pad_id]
     rows, seen = [], 0
 
     def batch(rows):
-        width = max(len(r) for r in rows)
-        ids = np.full((len(rows), width), tok.pad_id, np.int64)
-        att = np.zeros_like(ids)
-        for i, r in enumerate(rows):
-            ids[i, :len(r)], att[i, :len(r)] = r, 1
-        chosen = (gen.random(ids.shape) < p) & (att == 1) & ~np.isin(ids, special)
-        r = gen.random(ids.shape)
-        inputs = ids.copy()
-        inputs[chosen & (r < 0.8)] = tok.mask_id                               # 80 %: <mask>
-        swap = chosen & (r >= 0.8) & (r < 0.9)                                 # 10 %: a random token
-        inputs[swap] = gen.integers(0, tok.vocab_size, size=int(swap.sum()))
-        return inputs, ids, att, chosen                                        # 10 %: kept
+        b = pad_rows(rows, tok.pad_id)
+        inputs, targets = mask_tokens(b.ids, tok, tok.vocab_size, gen, p)
+        return inputs, b.ids, b.attention_mask, targets != -100
 
     for i in gen.permutation(len(docs)):
         toks = [t for s in docs[i] for t in s][:n_ctx - 2]
@@ -174,17 +165,18 @@ def train_head(model: Transformer, h, x, epochs: float = 4.0, lr: float = 1e-3, 
             head.append(p)
     opt = AdamW(head, lr=lr, weight_decay=0.0)
     gen = np.random.default_rng(seed)
-    losses = []
+    h_dev, x_dev = backend.to_device(h), backend.to_device(x)          # moved once, not per step
+    losses = []                                                        # device scalars: no sync per step
     for step in range(max(1, int(epochs * len(x) / batch_size))):
-        idx = gen.integers(0, len(x), batch_size)
-        loss = head_loss(model, h[idx], x[idx])
+        idx = backend.to_device(gen.integers(0, len(x), batch_size))
+        loss = head_loss(model, h_dev[idx], x_dev[idx])
         loss.backward()
         opt.step()
         opt.zero_grad()
-        losses.append(float(loss.data))
+        losses.append(loss.data)
         if log is not None and step % 50 == 0:
-            log(step, losses[-1])
-    return losses
+            log(step, float(loss.data))
+    return [float(v) for v in backend.to_numpy(backend.xp.stack(losses))]
 
 
 def main(argv=None) -> int:

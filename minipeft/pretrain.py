@@ -30,7 +30,7 @@ from dataclasses import replace
 from . import backend, ops
 from .autograd import no_grad
 from .checkpoint import save_checkpoint, write_json_atomic
-from .data.tokenizer import pad_rows
+from .data.tokenizer import ROLES, pad_rows
 from .nn import Transformer, TransformerConfig
 from .train import fit
 
@@ -71,16 +71,21 @@ def lm_batches(stream, batch_size: int, n_ctx: int, seed: int):
 
 
 def mask_tokens(ids, tokenizer, vocab_size: int, gen, p: float = 0.15):
-    """BERT masking on host ids (B, T): returns (inputs, targets) with -100 at unchosen positions."""
+    """BERT masking on host ids (B, T): returns (inputs, targets) with -100 at unchosen positions.
+    The tokenizer's special tokens (padding included) are never chosen. A random replacement is a
+    regular token: any id above the special ones where those come first (the shipped tokenizer's
+    0..6), else any id of the vocabulary, as BERT draws (a WordPiece vocabulary's [CLS] is 101)."""
     hostnp = backend.host()
-    special = ids < 7                                            # ids 0..6 are the special tokens
+    specials = sorted(i for i in (tokenizer.special_id(r) for r in ROLES) if i is not None)
+    low = len(specials) if specials == list(range(len(specials))) else 0
+    special = hostnp.isin(ids, specials)
     chosen = (gen.random(ids.shape) < p) & ~special
     targets = hostnp.where(chosen, ids, -100)
     r = gen.random(ids.shape)
     inputs = ids.copy()
     inputs[chosen & (r < 0.8)] = tokenizer.mask_id                # 80%: <mask>
     rand_pos = chosen & (r >= 0.8) & (r < 0.9)                   # 10%: a random token
-    inputs[rand_pos] = gen.integers(7, vocab_size, size=int(rand_pos.sum()))
+    inputs[rand_pos] = gen.integers(low, vocab_size, size=int(rand_pos.sum()))
     return inputs, targets                                       # 10%: unchanged
 
 

@@ -50,6 +50,20 @@ def test_masking_chooses_15_percent_of_real_tokens_never_a_special_one(tok):
     assert 0.13 < share < 0.17, f"chose {share:.3f} of the real tokens, expected about 0.15"
 
 
+def test_masking_with_a_wordpiece_vocabulary_never_chooses_its_scattered_special_tokens():
+    """pretrain.mask_tokens reads the special ids from the tokenizer: MiniLM's [CLS] is 101, [SEP]
+    102, not below 7 as in the shipped tokenizer."""
+    try:
+        mtok = hf.load_tokenizer(hf.minilm_dir())
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    docs = [[mtok.encode(f"the cafe number {i} serves cheap food .")] for i in range(300)]
+    for inputs, ids, att, chosen in mlm_head.masked_batches(mtok, docs, tokens=10**9, seed=0):
+        assert (ids[:, 0] == mtok.cls_id).all() and not chosen[:, 0].any(), "[CLS] was chosen"
+        assert not (chosen & (ids == mtok.sep_id)).any(), "[SEP] was chosen"
+        assert not (chosen & (att == 0)).any(), "a padding position was chosen"
+
+
 def test_cached_features_give_the_full_models_mlm_logits_at_the_chosen_positions(tok):
     """Training on cached features is exact: head(h at a chosen position) equals the MLM logits of
     the whole model run on the same masked batch."""
