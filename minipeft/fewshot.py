@@ -87,7 +87,6 @@ def run(task: str, model_name: str, template: Template | None = None, verbalizer
     from .hf import load_pretrained
     from .peft import apply
     from .peft.registry import config_from_options
-    from .train import fit
     n_labels = TASKS.get(task)
     if n_labels is None:
         raise ValueError(f"unknown few-shot task {task!r}; choose one of {', '.join(TASKS)}")
@@ -130,26 +129,15 @@ def run(task: str, model_name: str, template: Template | None = None, verbalizer
         row = {"seed": s, "template": t.text, "words": list(v.words), "train_accuracy": acc(pm, train),
                "best_step": 0}
         if steps:
-            words = single_token_ids(tok, v)
             batches = prompt_batches(tok, t, v, train, min(batch_size, len(train)), arch, n_ctx, seed=s,
                                      demos_from=train if demos else None)
-            best = {"acc": acc(pm, dev), "state": _trained_copy(pm)}
-
-            def keep(step, metrics):
-                best.update(acc=metrics["accuracy"], state=_trained_copy(pm), step=step)
-            fit(pm, prompt_loss_fn(words), batches, steps=steps, lr=lr, eval_fn=lambda m: {"accuracy": acc(m, dev)},
-                eval_every=eval_every, select="accuracy", mode="max", on_best=keep, progress=progress,
-                processes=1)
-            _restore(pm, best["state"])
-            row["best_step"], row["dev_accuracy"] = best.get("step", 0), best["acc"]
+            row.update(_train_best_on_dev(pm, prompt_loss_fn(single_token_ids(tok, v)), batches, acc, dev, steps,
+                                          lr, eval_every, progress))
         pm.eval()
         row["accuracy"] = acc(pm, test)
         per_seed.append(row)
-    accs = [r["accuracy"] for r in per_seed]
-    return {"task": task, "model": model_name, "k": k, "steps": steps, "method": method if steps else None,
-            "demos": demos, "auto_words": auto_words, "auto_template": auto_template, "test_size": len(test),
-            "mean": statistics.fmean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else math.nan,
-            "per_seed": per_seed}
+    return _result(task, model_name, k, steps, test, per_seed, method=method if steps else None, demos=demos,
+                   auto_words=auto_words, auto_template=auto_template)
 
 
 def _run_standard(task, model_name, n_labels, k, seeds, steps, method, lr, batch_size, eval_every, test_size,
@@ -160,7 +148,6 @@ def _run_standard(task, model_name, n_labels, k, seeds, steps, method, lr, batch
     from .peft import apply
     from .peft.registry import config_from_options
     from .tasks import cls_batches, cls_loss_fn, evaluate_classification, head_scores
-    from .train import fit
     pool, test = examples(task, "train", data_dir), examples(task, "dev", data_dir)[:test_size]
     rows = lambda es: [SimpleNamespace(sentence=e.s1, label=e.label) for e in es]   # noqa: E731
     per_seed = []
@@ -179,20 +166,32 @@ def _run_standard(task, model_name, n_labels, k, seeds, steps, method, lr, batch
             m.train(was)
             return out
         row = {"seed": s, "template": None, "words": None, "train_accuracy": acc(pm, train), "best_step": 0}
-        best = {"acc": acc(pm, dev), "state": _trained_copy(pm)}
-
-        def keep(step, metrics):
-            best.update(acc=metrics["accuracy"], state=_trained_copy(pm), step=step)
-        fit(pm, cls_loss_fn(head_scores), cls_batches(tok, rows(train), min(batch_size, len(train)), n_ctx, seed=s),
-            steps=steps, lr=lr, eval_fn=lambda m: {"accuracy": acc(m, dev)}, eval_every=eval_every,
-            select="accuracy", mode="max", on_best=keep, progress=progress, processes=1)
-        _restore(pm, best["state"])
-        row["best_step"], row["dev_accuracy"] = best.get("step", 0), best["acc"]
+        batches = cls_batches(tok, rows(train), min(batch_size, len(train)), n_ctx, seed=s)
+        row.update(_train_best_on_dev(pm, cls_loss_fn(head_scores), batches, acc, dev, steps, lr, eval_every, progress))
         row["accuracy"] = acc(pm, test)
         per_seed.append(row)
+    return _result(task, model_name, k, steps, test, per_seed, method=method, standard=True, demos=False,
+                   auto_words=0, auto_template=None)
+
+
+def _train_best_on_dev(pm, loss_fn, batches, acc, dev, steps, lr, eval_every, progress) -> dict:
+    """Train `steps` steps, scoring D_dev every eval_every (the start counts, as step 0), and leave
+    pm holding the best evaluation's parameters: {"best_step", "dev_accuracy"}."""
+    from .train import fit
+    best = {"acc": acc(pm, dev), "state": _trained_copy(pm)}
+
+    def keep(step, metrics):
+        best.update(acc=metrics["accuracy"], state=_trained_copy(pm), step=step)
+    fit(pm, loss_fn, batches, steps=steps, lr=lr, eval_fn=lambda m: {"accuracy": acc(m, dev)}, eval_every=eval_every,
+        select="accuracy", mode="max", on_best=keep, progress=progress, processes=1)
+    _restore(pm, best["state"])
+    return {"best_step": best.get("step", 0), "dev_accuracy": best["acc"]}
+
+
+def _result(task, model_name, k, steps, test, per_seed, **options) -> dict:
+    """A run's record: the settings, the test accuracy's mean and std over the data seeds, each seed's row."""
     accs = [r["accuracy"] for r in per_seed]
-    return {"task": task, "model": model_name, "k": k, "steps": steps, "method": method, "standard": True,
-            "demos": False, "auto_words": 0, "auto_template": None, "test_size": len(test),
+    return {"task": task, "model": model_name, "k": k, "steps": steps, **options, "test_size": len(test),
             "mean": statistics.fmean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else math.nan,
             "per_seed": per_seed}
 
