@@ -155,18 +155,12 @@ def test_lora_only_the_adapter_gets_gradients():
         assert_same_grads(want, grads(pm))
 
 
-def test_unipelt_with_its_shared_prefix_mlp_trains_data_parallel():
-    """UniPELT's encode_inputs leaves this forward's prefix-MLP output on the MLP (`ready`); that
-    per-forward value is not a change of the model the workers copied (it raised 'the model
-    changed after the worker processes started' at the second step)."""
-    with backend.default_dtype_as(np.float64):
-        pm = peft.get_peft_model(decoder(), peft.UniPELTConfig(size=3, r=2, num_virtual_tokens=2,
-                                                               encoder_hidden_size=4))
-        for p in pm.trainable_parameters():   # LoRA's B starts at 0: give every part values
-            p.data[...] = np.random.default_rng(3).normal(0, 0.1, p.data.shape)
+def assert_two_steps_match_one_process(pm):
+    """Two data-parallel steps from a pool started before any forward (the second step checks the
+    model after a forward has set its per-forward state) give one process's loss and gradients."""
     batch = lm_batch()
-    with DataParallel(pm, lm_loss, 2) as dp:  # started before any forward has set `ready`
-        for _ in range(2):                    # the second step checks the model after a forward
+    with DataParallel(pm, lm_loss, 2) as dp:
+        for _ in range(2):
             for p in pm.parameters():
                 p.grad = None
             loss = dp.backward(batch)
@@ -176,6 +170,18 @@ def test_unipelt_with_its_shared_prefix_mlp_trains_data_parallel():
     want_loss, want = single_process(pm, lm_loss, batch)
     assert loss == pytest.approx(want_loss, rel=1e-12)
     assert_same_grads(want, got)
+
+
+def test_unipelt_with_its_shared_prefix_mlp_trains_data_parallel():
+    """UniPELT's encode_inputs leaves this forward's prefix-MLP output on the MLP (`ready`); that
+    per-forward value is not a change of the model the workers copied (it raised 'the model
+    changed after the worker processes started' at the second step)."""
+    with backend.default_dtype_as(np.float64):
+        pm = peft.get_peft_model(decoder(), peft.UniPELTConfig(size=3, r=2, num_virtual_tokens=2,
+                                                               encoder_hidden_size=4))
+        for p in pm.trainable_parameters():   # LoRA's B starts at 0: give every part values
+            p.data[...] = np.random.default_rng(3).normal(0, 0.1, p.data.shape)
+    assert_two_steps_match_one_process(pm)
 
 
 def test_gradients_accumulate_onto_what_is_there():
@@ -218,18 +224,7 @@ def test_a_sparse_delta_trains_data_parallel():
     with backend.default_dtype_as(np.float64):
         pm = peft.get_peft_model(decoder(), RandomMaskConfig(density=0.3, seed=1))
         pm.deltas["default"].values.data[...] = np.random.default_rng(3).normal(0, 0.1, pm.deltas["default"].values.shape)
-    batch = lm_batch()
-    with DataParallel(pm, lm_loss, 2) as dp:  # started before any forward has set `_swapped`
-        for _ in range(2):                    # the second step checks the model after a forward
-            for p in pm.parameters():
-                p.grad = None
-            loss = dp.backward(batch)
-        got = grads(pm)
-    for p in pm.parameters():
-        p.grad = None
-    want_loss, want = single_process(pm, lm_loss, batch)
-    assert loss == pytest.approx(want_loss, rel=1e-12)
-    assert_same_grads(want, got)
+    assert_two_steps_match_one_process(pm)
 
 
 def test_fit_with_two_processes_follows_fit_with_one():

@@ -78,20 +78,30 @@ def tok():
     return Tokenizer.from_file(os.path.join(DATA, "tokenizer.json"))
 
 
+def _pretrained(tok):
+    """A tiny masked-LM encoder; every pattern model starts from the same "pretrained" weights."""
+    backend.manual_seed(0)
+    cfg = TransformerConfig(arch="bert", d_model=16, n_layer=1, n_head=2, n_ctx=64, vocab_size=tok.vocab_size,
+                            pad_id=tok.pad_id)
+    return Transformer(cfg)
+
+
+def _tiny_task():
+    """Two pattern-verbalizer pairs, 4 labelled and 8 unlabelled sentences."""
+    pvps = [PVP(Template("<S1> All in all, it was <MASK>."), Verbalizer(("terrible", "great"))),
+            PVP(Template("<S1> It was <MASK>."), Verbalizer(("bad", "good")))]
+    labelled = [Example(f"The {w} was {a}.", y) for w in ("soup", "fish") for a, y in (("cold", 0), ("lovely", 1))]
+    unlabelled = [Example(f"The {w} was {a}.") for w in ("cake", "wine", "bread", "tea") for a in ("cold", "lovely")]
+    return pvps, labelled, unlabelled
+
+
 def test_tiny_pet_and_ipet_run_end_to_end(tok):
     backend.set_default_dtype(numpy.float64)
 
     def make_model(seed):
-        backend.manual_seed(0)        # every pattern model starts from the same "pretrained" weights
-        cfg = TransformerConfig(arch="bert", d_model=16, n_layer=1, n_head=2, n_ctx=64, vocab_size=tok.vocab_size,
-                                pad_id=tok.pad_id)
-        return Transformer(cfg)
+        return _pretrained(tok)
 
-    pvps = [PVP(Template("<S1> All in all, it was <MASK>."), Verbalizer(("terrible", "great"))),
-            PVP(Template("<S1> It was <MASK>."), Verbalizer(("bad", "good")))]
-    labelled = [Example(f"The {w} was {a}.", y) for w in ("soup", "fish") for a, y in (("cold", 0), ("lovely", 1))]
-    unlabelled = [Example(f"The {w} was {a}.") for w in ("cake", "wine", "bread", "tea")
-                  for a in ("cold", "lovely")]
+    pvps, labelled, unlabelled = _tiny_task()
     res = pet(make_model, tok, pvps, labelled, unlabelled, steps=20, lr=1e-2, batch_size=4)
     assert len(res["models"]) == 2 and res["ensemble"].shape == (8, 2)
     assert all(0.0 <= w <= 1.0 for w in res["weights"])
@@ -119,15 +129,9 @@ def test_ipet_continues_from_a_given_pet_result(tok):
 
     def make_model(seed):
         calls.append(seed)
-        backend.manual_seed(0)
-        cfg = TransformerConfig(arch="bert", d_model=16, n_layer=1, n_head=2, n_ctx=64, vocab_size=tok.vocab_size,
-                                pad_id=tok.pad_id)
-        return Transformer(cfg)
+        return _pretrained(tok)
 
-    pvps = [PVP(Template("<S1> All in all, it was <MASK>."), Verbalizer(("terrible", "great"))),
-            PVP(Template("<S1> It was <MASK>."), Verbalizer(("bad", "good")))]
-    labelled = [Example(f"The {w} was {a}.", y) for w in ("soup", "fish") for a, y in (("cold", 0), ("lovely", 1))]
-    unlabelled = [Example(f"The {w} was {a}.") for w in ("cake", "wine", "bread", "tea") for a in ("cold", "lovely")]
+    pvps, labelled, unlabelled = _tiny_task()
     kw = dict(generations=1, steps=5, lr=1e-2, d=2, batch_size=4)
     whole = ipet(make_model, tok, pvps, labelled, unlabelled, **kw)
     n_whole = len(calls)
